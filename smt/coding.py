@@ -1,0 +1,103 @@
+"""Sparse codes of whitened unit patches against a dictionary of unit atoms (spec section 4).
+
+A code is stored as padded lists: ``indices`` (n, m) of active atoms with -1 for "none", and
+``values`` (n, m) of their coefficients. A dense (n, K) code is never built.
+"""
+import torch
+
+CODINGS = ("one_sparse", "top_k", "threshold")
+CODE_NORMS = (None, "l1", "l2")
+EMPTY_CODES = ("zero", "argmax")
+
+# Bound on the (rows x atoms) similarity block held at once: 2**24 floats = 64 MiB.
+_MAX_BLOCK = 1 << 24
+
+
+def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, max_active=None,
+                empty_code="zero", code_norm=None, empty=None):
+    """Binary sparse codes from cosine similarities ``S = x @ dictionary.T``.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n, D)
+        Whitened, unit-norm patches (zero rows for empty patches).
+    dictionary : torch.Tensor of shape (K, D)
+        Unit-norm atoms.
+    coding : {"one_sparse", "top_k", "threshold"}
+        ``one_sparse``: the best atom (vector quantisation; ties go to the lowest index).
+        ``top_k``: the ``n_nonzero`` best atoms. ``threshold``: every atom with ``S > threshold``
+        (the paper's general sparse coding f_gq).
+    threshold : float
+    n_nonzero : int
+        Number of atoms for ``top_k``.
+    max_active : int or None
+        For ``threshold``: keep only the best ``max_active`` atoms above the threshold.
+    empty_code : {"zero", "argmax"}
+        For ``threshold``: a patch with no atom above the threshold gets no code (``zero``) or its
+        best atom (``argmax``).
+    code_norm : {None, "l1", "l2"}
+        Coefficients are 1 (binary), 1/count or 1/sqrt(count).
+    empty : torch.Tensor of shape (n,), bool, optional
+        Patches that get no code whatever their similarities (constant patches).
+
+    Returns
+    -------
+    indices : torch.Tensor of shape (n, m), int64
+        Active atoms in ascending order of index (``top_k``: of similarity), -1 pads.
+    values : torch.Tensor of shape (n, m), float32
+        Coefficients, 0 at pads.
+
+    Examples
+    --------
+    >>> d = torch.eye(3)
+    >>> idx, val = sparse_code(torch.tensor([[1.0, 0.0, 0.0]]), d, coding="one_sparse")
+    >>> idx.tolist(), val.tolist()
+    ([[0]], [[1.0]])
+    """
+    if coding not in CODINGS:
+        raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
+    n, k_atoms = x.shape[0], dictionary.shape[0]
+    rows = max(1, _MAX_BLOCK // k_atoms)
+    parts = [_code_block(x[i:i + rows], dictionary, coding, threshold, n_nonzero, max_active, empty_code)
+             for i in range(0, n, rows)]
+    width = max([p.shape[1] for p in parts] + [1])
+    indices = torch.full((n, width), -1, dtype=torch.int64, device=x.device)
+    for i, p in zip(range(0, n, rows), parts):
+        indices[i:i + p.shape[0], :p.shape[1]] = p
+    if empty is not None:
+        indices[empty.reshape(-1)] = -1
+    active = indices >= 0
+    values = active.to(torch.float32)
+    if code_norm is not None:
+        if code_norm not in CODE_NORMS:
+            raise ValueError(f"code_norm must be one of {CODE_NORMS}, got {code_norm!r}")
+        count = active.sum(1, keepdim=True).clamp(min=1).to(torch.float32)
+        values = values / (count if code_norm == "l1" else count.sqrt())
+    return indices, values
+
+
+def _code_block(x, dictionary, coding, threshold, n_nonzero, max_active, empty_code):
+    s = x @ dictionary.T
+    if coding == "one_sparse" or (coding == "top_k" and n_nonzero == 1):
+        return s.argmax(dim=1, keepdim=True)
+    if coding == "top_k":
+        return s.topk(min(n_nonzero, s.shape[1]), dim=1).indices
+    if empty_code not in EMPTY_CODES:
+        raise ValueError(f"empty_code must be one of {EMPTY_CODES}, got {empty_code!r}")
+    mask = s > threshold
+    if max_active is not None:
+        top = s.topk(min(max_active, s.shape[1]), dim=1)
+        capped = torch.zeros_like(mask)
+        capped.scatter_(1, top.indices, top.values > threshold)
+        mask = capped
+    if empty_code == "argmax":
+        none = ~mask.any(dim=1)
+        mask[none, s[none].argmax(dim=1)] = True
+    counts = mask.sum(dim=1)
+    width = int(counts.max()) if len(counts) else 0
+    out = torch.full((x.shape[0], max(width, 1)), -1, dtype=torch.int64, device=x.device)
+    r, c = mask.nonzero(as_tuple=True)
+    starts = torch.cumsum(counts, 0) - counts
+    out[r, torch.arange(len(r), device=x.device) - starts[r]] = c
+    return out
+

@@ -1,0 +1,11 @@
+"""Data set loaders.
+
+Each loader finds its files under ``root``, else ``$SMT_DATA``, else
+``~/.cache/smt`` (one sub-folder per data set, e.g. ``mnist/``), checks them
+against the official MD5s and, with ``download=True``, downloads missing ones
+from the official sources. See :mod:`smt.datasets._base`.
+"""
+
+from .mnist import load_mnist
+
+__all__ = ["load_mnist"]

@@ -1,0 +1,230 @@
+"""Shared helpers for the data set loaders: where data lives, checksums, downloads.
+
+Every loader in :mod:`smt.datasets` finds its files the same way:
+
+1. the folder is resolved by :func:`data_home` from the loader's ``root``
+   argument, else the ``SMT_DATA`` environment variable, else ``~/.cache/smt``;
+   a data root holds one sub-folder per data set (``mnist/``, ``cifar10/``, ...),
+   but a folder that directly holds a data set's files works too;
+2. each file is obtained with :func:`fetch`, which checks its MD5 against the
+   official value and, when the file is missing and downloading is allowed,
+   downloads it from the official mirrors.
+
+A corrupted or wrong file is never used silently: an MD5 mismatch raises
+``ValueError``. A missing file that cannot be downloaded raises
+``FileNotFoundError`` (a :class:`DownloadError` when downloads were tried) whose
+message says which file, which folder, which URLs were tried and why they
+failed, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = ["DATA_ENV", "DownloadError", "data_home", "md5sum", "fetch"]
+
+#: Environment variable naming the data root (a folder holding ``mnist/`` etc.).
+DATA_ENV = "SMT_DATA"
+
+#: Timeout in seconds for each download attempt (connection and reads).
+DOWNLOAD_TIMEOUT = 30
+
+
+class DownloadError(FileNotFoundError, RuntimeError):
+    """A required data file is missing and could not be downloaded.
+
+    Subclasses both ``FileNotFoundError`` (the file is not there) and
+    ``RuntimeError`` (the download failed), so either can be caught.
+    """
+
+
+def _default_base() -> Path:
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "smt"
+
+
+def data_home(
+    root: str | os.PathLike | None = None,
+    name: str | None = None,
+    files: Iterable[str] = (),
+) -> Path:
+    """Resolve the folder that holds a data set.
+
+    Parameters
+    ----------
+    root : str or path-like, optional
+        Data root. When omitted, ``$SMT_DATA`` is used if set (and non-empty),
+        else ``~/.cache/smt``.
+    name : str, optional
+        Name of the data set's sub-folder (e.g. ``"mnist"``). When omitted the
+        base folder itself is returned.
+    files : iterable of str, optional
+        File names of the data set. Used to accept a folder that directly
+        holds the files (see below).
+
+    Returns
+    -------
+    pathlib.Path
+        Resolution order, with ``base`` the folder from ``root`` / ``$SMT_DATA``
+        / ``~/.cache/smt``:
+
+        1. ``base / name`` if that folder exists;
+        2. ``base`` if any of ``files`` is directly in it (a root that holds
+           the files itself, e.g. ``root="/data/mnist"``);
+        3. otherwise ``base / name`` (which may not exist yet: it is where a
+           download will put the files).
+
+    Examples
+    --------
+    >>> data_home("/data", "mnist")   # doctest: +SKIP
+    PosixPath('/data/mnist')
+    """
+    base = Path(root).expanduser() if root is not None else _default_base()
+    if name is None:
+        return base
+    sub = base / name
+    if sub.is_dir():
+        return sub
+    if any((base / f).is_file() for f in files):
+        return base
+    return sub
+
+
+def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex MD5 digest of a file, read in chunks of ``chunk`` bytes."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _as_list(x: str | Iterable[str]) -> list[str]:
+    return [x] if isinstance(x, str) else list(x)
+
+
+def _fix_hint(filename: str, folder: Path) -> str:
+    return (
+        f"To fix this, put the official '{filename}' in {folder} "
+        f"(or set the loader's `root` argument, or the {DATA_ENV} environment "
+        f"variable, to a data root that holds the file, directly or in a "
+        f"sub-folder named after the data set)."
+    )
+
+
+def _download(url: str, dest: Path, md5s: Sequence[str]) -> None:
+    """Download ``url`` to ``dest`` through a temp file; raise on any failure."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.md5()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp:
+            while True:
+                block = resp.read(1 << 20)
+                if not block:
+                    break
+                h.update(block)
+                out.write(block)
+        digest = h.hexdigest()
+        if md5s and digest not in md5s:
+            raise ValueError(f"downloaded file has md5 {digest}, expected {' or '.join(md5s)}")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fetch(
+    filename: str,
+    folder: str | os.PathLike,
+    urls: str | Iterable[str],
+    md5s: str | Iterable[str],
+    download: bool = True,
+) -> Path:
+    """Return the path of a verified data file, downloading it if allowed.
+
+    Parameters
+    ----------
+    filename : str
+        File name, e.g. ``"train-images-idx3-ubyte.gz"``.
+    folder : str or path-like
+        Folder that holds (or will hold) the file.
+    urls : str or iterable of str
+        Sources tried in order. An entry ending in ``/`` is a mirror to which
+        ``filename`` is appended; any other entry is the file's full URL.
+    md5s : str or iterable of str
+        Accepted MD5 digests (hex). Empty means no check.
+    download : bool, default True
+        Whether to try the URLs when the file is missing.
+
+    Returns
+    -------
+    pathlib.Path
+        ``folder / filename``, whose MD5 is one of ``md5s``.
+
+    Raises
+    ------
+    ValueError
+        The file exists but its MD5 is not one of ``md5s`` (corrupted,
+        truncated or a different version).
+    FileNotFoundError
+        The file is missing and ``download`` is False.
+    DownloadError
+        (a ``FileNotFoundError`` and a ``RuntimeError``) the file is missing
+        and every URL failed; the message lists each URL and its error.
+    """
+    folder = Path(folder).expanduser()
+    path = folder / filename
+    md5s = [m.lower() for m in _as_list(md5s)]
+    full_urls = [u + filename if u.endswith("/") else u for u in _as_list(urls)]
+
+    if path.is_file():
+        digest = md5sum(path)
+        if md5s and digest not in md5s:
+            raise ValueError(
+                f"{filename}: md5 mismatch for {path}: found {digest}, expected "
+                f"{' or '.join(md5s)}. The file is corrupted, truncated or not the "
+                f"official one; delete it (it is downloaded again when download=True) "
+                f"or replace it with the official file."
+            )
+        return path
+
+    if not download:
+        raise FileNotFoundError(
+            f"{filename} not found: searched {folder} (download=False). "
+            + _fix_hint(filename, folder)
+            + (" Or call the loader with download=True to fetch it from " + ", ".join(full_urls) + "."
+               if full_urls else "")
+        )
+
+    failures: list[str] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        failures.append(f"  cannot create folder {folder}: {e}")
+    else:
+        for url in full_urls:
+            print(f"Downloading {url} to {path}", file=sys.stderr)
+            try:
+                _download(url, path, md5s)
+                return path
+            except Exception as e:  # noqa: BLE001 - any failure moves on to the next mirror
+                failures.append(f"  {url}: {type(e).__name__}: {e}")
+    if not full_urls:
+        failures.append("  (no URL to try)")
+    raise DownloadError(
+        f"{filename} not found in {folder} and the download failed "
+        f"(is the machine offline?). Tried:\n" + "\n".join(failures) + "\n" + _fix_hint(filename, folder)
+    )

@@ -1,0 +1,539 @@
+"""The SMT image estimator: patches -> whitening -> dictionary -> sparse codes -> spectral
+embedding -> average pooling, behind the scikit-learn transformer API."""
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from smt._device import resolve_device
+from smt._validation import as_images, to_batch
+from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, sparse_code
+from smt.dictionary import OnlineDictionary
+from smt.patches import extract_patches, patch_grid_shape
+from smt.pooling import pool_embeddings, pooled_grid_shape
+from smt.spectral import ContextStatistics, solve_embedding
+from smt.whitening import Whitening
+
+_FORMAT_VERSION = 1
+_PHASES = ("whitening", "dictionary", "statistics", "done")
+# Parameters that change neither the fitted model nor the order the data is walked in.
+_RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every")
+
+
+class SMT(TransformerMixin, BaseEstimator):
+    """Sparse Manifold Transform of images (Chen, Yun, Ma, Olshausen, LeCun, ICLR 2023).
+
+    One deterministic, streaming pass learns a whitening of 6x6 patches, a dictionary of unit
+    atoms (online 1-sparse k-means, the paper's Algorithm 1), and a linear projection P of the
+    sparse codes whose outputs vary slowly between neighbouring patches (a generalized
+    eigenproblem). An image embeds as the average-pooled, normalised projections of its codes.
+    Defaults are the paper's CIFAR settings as far as they are known (spec ``smt.md`` section 9).
+
+    Parameters
+    ----------
+    patch_size : int, default=6
+    n_atoms : int, default=8192
+        Dictionary size K.
+    coding : {"threshold", "top_k", "one_sparse"}, default="threshold"
+        Sparse coding at fit and transform: every atom with cosine above ``threshold``, the
+        ``n_nonzero`` best atoms, or the best atom.
+    threshold : float, default=0.3
+    n_nonzero : int, default=1
+        Active atoms per patch for ``coding="top_k"``.
+    max_active : int or None, default=None
+        Cap on the active atoms per patch for ``coding="threshold"``.
+    empty_code : {"zero", "argmax"}, default="zero"
+        Code of a patch with no atom above the threshold.
+    code_norm : {None, "l1", "l2"}, default=None
+        Binary codes, or divided by the L1 / L2 norm of the binary code.
+    n_components : int, default=384
+        Embedding dimension d per patch.
+    n_skip : int, default=1
+        Slowest eigen-directions dropped (the constant direction of 1-sparse codes and, per the
+        code lineage, colour).
+    context : "image" or int, default="image"
+        Neighbourhood of a patch: the whole image, or patches within this Chebyshev radius on
+        the patch grid.
+    order : {1, 2}, default=1
+        Difference operator: first order (neighbours alike) or second order (each patch like the
+        mean of its neighbours).
+    whiten_eps : float, default=1e-3
+        Added to the covariance eigenvalues (pixels in [0, 1]).
+    dict_epochs : int, default=1
+        Passes of Algorithm 1; 0 keeps the K sampled training patches as the dictionary.
+    dict_batch_size : int, default=4096
+    dict_lr : float, default=0.1
+    dict_max_patches : int or None, default=None
+        Run Algorithm 1 on the patches of a random subset of images holding about this many
+        patches (None: all).
+    pool_size, pool_stride : int, default=4, 2
+    normalize_output : bool, default=False
+        L2-normalise each output vector (the kNN does this itself).
+    batch_size : int, default=256
+        Images per streamed batch.
+    device : {"auto", "cpu", "cuda", ...}, default="auto"
+    random_state : int, RandomState or None, default=None
+    verbose : bool, default=False
+        Progress bars.
+    checkpoint_path : str or None, default=None
+        ``fit`` saves its state here every ``checkpoint_every`` batches and at the end of every
+        stage, and resumes from it when it exists.
+    checkpoint_every : int, default=50
+
+    Attributes
+    ----------
+    whitening_ : ndarray of shape (D, D)
+        ZCA whitening matrix, D = C * patch_size**2.
+    coloring_ : ndarray of shape (D, D)
+        Its inverse, to view whitened vectors and atoms as pixels.
+    dictionary_ : ndarray of shape (K, D)
+        Unit-norm atoms in whitened space.
+    atom_usage_ : ndarray of shape (K,)
+        Fraction of non-empty training patches whose code uses each atom.
+    components_ : ndarray of shape (d, K)
+        P; ``P V P^T = I`` for the code second moment V.
+    eigenvalues_ : ndarray of shape (d,)
+        Slowness of each embedding dimension (ascending).
+    skipped_components_ : ndarray of shape (n_skip, K)
+    image_shape_ : tuple (H, W, C)
+    n_features_in_ : int
+        H * W * C.
+    patch_grid_shape_ : tuple (H', W')
+    n_features_out_ : int
+        d * H_p * W_p.
+    fit_stats_ : dict
+        Seconds per stage of the last ``fit``/``partial_fit`` call, mean active atoms per non-empty
+        patch and the fraction of non-empty patches left without a code.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> X = load_digits().images / 16.0                      # (1797, 8, 8) in [0, 1]
+    >>> smt = SMT(patch_size=3, n_atoms=64, coding="one_sparse", n_components=8,
+    ...           context=1, pool_size=3, pool_stride=1, random_state=0)
+    >>> smt.fit_transform(X).shape
+    (1797, 128)
+    """
+
+    def __init__(self, patch_size=6, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
+                 max_active=None, empty_code="zero", code_norm=None, n_components=384, n_skip=1,
+                 context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
+                 dict_lr=0.1, dict_max_patches=None, pool_size=4, pool_stride=2, normalize_output=False,
+                 batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
+                 checkpoint_every=50):
+        self.patch_size = patch_size
+        self.n_atoms = n_atoms
+        self.coding = coding
+        self.threshold = threshold
+        self.n_nonzero = n_nonzero
+        self.max_active = max_active
+        self.empty_code = empty_code
+        self.code_norm = code_norm
+        self.n_components = n_components
+        self.n_skip = n_skip
+        self.context = context
+        self.order = order
+        self.whiten_eps = whiten_eps
+        self.dict_epochs = dict_epochs
+        self.dict_batch_size = dict_batch_size
+        self.dict_lr = dict_lr
+        self.dict_max_patches = dict_max_patches
+        self.pool_size = pool_size
+        self.pool_stride = pool_stride
+        self.normalize_output = normalize_output
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = checkpoint_every
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, X, y=None):
+        """Learn whitening, dictionary and projection from images in one streaming pass per stage.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n, H, W) or (n, H, W, C)
+            uint8 in 0-255 or float in [0, 1].
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]:
+            delattr(self, attr)
+        self.__dict__.pop("_stats", None)
+        return self._fit_stream(X)
+
+    def partial_fit(self, X, y=None):
+        """Add a chunk of images to the context statistics and re-solve the projection.
+
+        The first call also fits the whitening and the dictionary on its chunk; later chunks
+        only add statistics (sums over images), so chunks stream with bounded memory.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n, H, W) or (n, H, W, C)
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        return self._fit_stream(X)
+
+    def transform(self, X):
+        """Embed images.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n, H, W) or (n, H, W, C)
+            Same H, W and C as at fit.
+
+        Returns
+        -------
+        Z : ndarray or torch.Tensor of shape (n, n_features_out_), float32
+            A tensor (on X's device) when X is a tensor.
+        """
+        check_is_fitted(self, "components_")
+        images = self._check_images(X, reset=False)
+        device = resolve_device(self.device)
+        out = [self._embed(to_batch(images[i:i + self.batch_size], device), device).cpu()
+               for i in self._progress(range(0, len(images), self.batch_size), "embed", len(images))]
+        z = torch.cat(out)
+        if isinstance(X, torch.Tensor):
+            return z.to(X.device)
+        return z.numpy()
+
+    def save(self, path):
+        """Save parameters and fitted state to one ``.npz`` file (arrays and JSON, no pickle)."""
+        check_is_fitted(self, "components_")
+        arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays()}
+        meta = {"format_version": _FORMAT_VERSION, "params": self.get_params(),
+                "image_shape": list(self.image_shape_)}
+        _save_npz(path, meta, arrays)
+
+    @classmethod
+    def load(cls, path, device=None):
+        """Load a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or Path
+        device : str or None
+            Overrides the saved ``device`` parameter.
+        """
+        meta, arrays = _load_npz(path)
+        if meta.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(f"{path} is not an SMT model file of format version {_FORMAT_VERSION}")
+        model = cls(**meta["params"])
+        if device is not None:
+            model.device = device
+        for name, value in arrays.items():
+            setattr(model, name, value)
+        model._set_shape(tuple(meta["image_shape"]))
+        return model
+
+    # ------------------------------------------------------------------ fitting
+    def _fit_stream(self, X):
+        self._check_params()
+        first = not hasattr(self, "components_") and not hasattr(self, "_stats")
+        images = self._check_images(X, reset=first)
+        device = resolve_device(self.device)
+        self.fit_stats_ = {}
+        if first:
+            self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+            run = {"phase": "whitening", "epoch": 0, "batch": 0, "seed": self._seed}
+            stages = self._new_stages(device)
+            run, stages = self._resume(run, stages, images, device)
+            self._seed = run["seed"]
+            self._fit_front_end(images, run, stages, device)
+        else:
+            run = {"phase": "statistics", "epoch": 0, "batch": 0, "seed": self._seed}
+            stages = {"stats": self._stats}
+        tic = time.perf_counter()
+        self._accumulate(images, run, stages, device)
+        self.fit_stats_["statistics_seconds"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        self._solve(stages["stats"], device)
+        self.fit_stats_["solve_seconds"] = time.perf_counter() - tic
+        run["phase"] = "done"
+        self._checkpoint(run, stages, images)
+        return self
+
+    def _new_stages(self, device):
+        return {"whitening": Whitening(self.whiten_eps),
+                "dictionary": OnlineDictionary(self.n_atoms, self.dict_batch_size, self.dict_lr),
+                "stats": ContextStatistics(self.n_atoms, self.context, self.order, device),
+                "sample": {}}
+
+    def _fit_front_end(self, images, run, stages, device):
+        white, sample = stages["whitening"], stages["sample"]
+        n = len(images)
+        tic = time.perf_counter()
+        if run["phase"] == "whitening":
+            # One pass: whitening moments, and a uniform sample without replacement of K non-empty
+            # patches (the K smallest of independent uniform keys) to start the dictionary from.
+            for b in self._batches(n, run, "whitening"):
+                idx = np.arange(b, min(b + self.batch_size, n))
+                patches, empty = extract_patches(to_batch(images[idx], device), self.patch_size)
+                white.partial_fit(patches)
+                cand = patches[~empty]
+                keys = torch.as_tensor(np.random.default_rng([run["seed"], 0, b]).random(len(cand)),
+                                       device=device)
+                sample["n_nonempty"] = sample.get("n_nonempty", 0) + len(cand)
+                if "keys" in sample:
+                    keys, cand = torch.cat([sample["keys"], keys]), torch.cat([sample["patches"], cand])
+                keep = keys.argsort(stable=True)[:self.n_atoms]
+                sample["keys"], sample["patches"] = keys[keep], cand[keep]
+                run["batch"] = b + self.batch_size
+                self._maybe_checkpoint(run, stages, images)
+            if sample.get("n_nonempty", 0) < self.n_atoms:
+                raise ValueError(
+                    f"fit needs at least n_atoms={self.n_atoms} non-constant patches to start the dictionary, "
+                    f"but the {n} images hold {sample.get('n_nonempty', 0)}; lower n_atoms or pass more images")
+            white.finalize()
+            atoms = white.transform(sample["patches"].to(torch.float32))
+            stages["dictionary"].initialize(atoms, [run["seed"], 3])
+            run.update(phase="dictionary", epoch=0, batch=0)
+            self._checkpoint(run, stages, images)
+        elif white.__dict__.get("whitening_") is None:
+            white.finalize()
+        self.fit_stats_["whitening_seconds"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        dictionary = stages["dictionary"]
+        if run["phase"] == "dictionary":
+            per_image = sample["n_nonempty"] / n
+            n_dict = n if self.dict_max_patches is None else min(n, math.ceil(self.dict_max_patches / per_image))
+            while run["epoch"] < self.dict_epochs:
+                order = np.random.default_rng([run["seed"], 1, run["epoch"]]).permutation(n)[:n_dict]
+                for b in self._batches(n_dict, run, f"dictionary epoch {run['epoch'] + 1}"):
+                    idx = np.sort(order[b:b + self.batch_size])
+                    patches, empty = extract_patches(to_batch(images[idx], device), self.patch_size)
+                    x = white.transform(patches[~empty])
+                    shuffle = np.random.default_rng([run["seed"], 2, run["epoch"], b]).permutation(len(x))
+                    dictionary.partial_fit(x[torch.as_tensor(shuffle, device=device)])
+                    run["batch"] = b + self.batch_size
+                    self._maybe_checkpoint(run, stages, images)
+                run.update(epoch=run["epoch"] + 1, batch=0)
+            dictionary.flush()
+            run.update(phase="statistics", epoch=0, batch=0)
+            self._checkpoint(run, stages, images)
+        self.fit_stats_["dictionary_seconds"] = time.perf_counter() - tic
+        self.whitening_ = white.whitening_
+        self.coloring_ = white.coloring_
+        self.dictionary_ = dictionary.dictionary_.cpu().numpy()
+        self._stats = stages["stats"]
+
+    def _accumulate(self, images, run, stages, device):
+        stats = stages["stats"]
+        phi = torch.as_tensor(self.dictionary_, device=device)
+        n_active = n_coded = n_nodes = 0
+        for b in self._batches(len(images), run, "statistics"):
+            patches, empty = extract_patches(to_batch(images[b:b + self.batch_size], device), self.patch_size)
+            idx, val = self._code(patches, empty, phi, device)
+            stats.partial_fit(idx, val, ~empty)
+            active = (idx >= 0).sum(-1)[~empty]
+            n_active += int(active.sum())
+            n_coded += int((active > 0).sum())
+            n_nodes += len(active)
+            run["batch"] = b + self.batch_size
+            self._maybe_checkpoint(run, stages, images)
+        # Diagnostics of this call's chunk (spec 4: active atoms per patch, patches left uncoded).
+        self.fit_stats_["mean_active_atoms"] = n_active / max(n_nodes, 1)
+        self.fit_stats_["uncoded_fraction"] = 1 - n_coded / max(n_nodes, 1)
+
+    def _solve(self, stats, device):
+        if stats.n_patches_ == 0:
+            raise ValueError("the images hold no non-constant patch: nothing to learn an embedding from")
+        self.components_, self.eigenvalues_, self.skipped_components_ = solve_embedding(
+            stats.gram_, stats.context_, stats.n_patches_, self.n_components, self.n_skip, device)
+        self.atom_usage_ = (stats.usage_ / stats.n_patches_).cpu().numpy()
+        self.__dict__.pop("_cache", None)
+
+    # ------------------------------------------------------------------ encoding
+    def _code(self, patches, empty, phi, device):
+        x = torch.as_tensor(self.whitening_, dtype=torch.float32, device=device)
+        n, gh, gw, dim = patches.shape
+        z = patches.reshape(-1, dim) @ x
+        z = z / (z.norm(dim=1, keepdim=True) + 1e-9)
+        idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
+                               self.empty_code, self.code_norm, empty=empty.reshape(-1))
+        return idx.view(n, gh, gw, -1), val.view(n, gh, gw, -1)
+
+    def _embed(self, batch, device):
+        cache = self.__dict__.get("_cache")
+        if cache is None or cache["device"] != device:
+            k = self.components_.shape[1]
+            table = np.zeros((k + 1, self.components_.shape[0]), dtype=np.float32)
+            table[:k] = self.components_.T  # row k: zero embedding for padded (absent) atoms
+            cache = {"device": device, "table": torch.as_tensor(table, device=device),
+                     "phi": torch.as_tensor(self.dictionary_, dtype=torch.float32, device=device)}
+            self._cache = cache
+        patches, empty = extract_patches(batch, self.patch_size)
+        idx, val = self._code(patches, empty, cache["phi"], device)
+        n, gh, gw, m = idx.shape
+        k = cache["table"].shape[0] - 1
+        flat = idx.reshape(-1, m)
+        beta = torch.nn.functional.embedding_bag(flat.where(flat >= 0, k), cache["table"], mode="sum",
+                                                 per_sample_weights=val.reshape(-1, m), padding_idx=k)
+        beta = beta / (beta.norm(dim=1, keepdim=True) + 1e-9)
+        beta = beta.view(n, gh, gw, -1).permute(0, 3, 1, 2)
+        z = pool_embeddings(beta, self.pool_size, self.pool_stride)
+        if self.normalize_output:
+            z = z / (z.norm(dim=1, keepdim=True) + 1e-12)
+        return z
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self):
+        checks = [
+            (isinstance(self.patch_size, (int, np.integer)) and self.patch_size >= 1, "patch_size must be an int >= 1"),
+            (isinstance(self.n_atoms, (int, np.integer)) and self.n_atoms >= 1, "n_atoms must be an int >= 1"),
+            (self.coding in CODINGS, f"coding must be one of {CODINGS}"),
+            (self.empty_code in EMPTY_CODES, f"empty_code must be one of {EMPTY_CODES}"),
+            (self.code_norm in CODE_NORMS, f"code_norm must be one of {CODE_NORMS}"),
+            (isinstance(self.n_components, (int, np.integer)) and self.n_components >= 1,
+             "n_components must be an int >= 1"),
+            (isinstance(self.n_skip, (int, np.integer)) and self.n_skip >= 0, "n_skip must be an int >= 0"),
+            (self.context == "image" or (isinstance(self.context, (int, np.integer)) and self.context >= 1),
+             "context must be 'image' or an int radius >= 1"),
+            (self.order in (1, 2), "order must be 1 or 2"),
+            (self.whiten_eps > 0, "whiten_eps must be > 0"),
+            (isinstance(self.dict_epochs, (int, np.integer)) and self.dict_epochs >= 0, "dict_epochs must be an int >= 0"),
+            (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1, "batch_size must be an int >= 1"),
+            (self.pool_size >= 1 and self.pool_stride >= 1, "pool_size and pool_stride must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message}; got {self.get_params()}")
+
+    def _check_images(self, X, reset):
+        images = as_images(X)
+        _, h, w, c = images.shape
+        if reset:
+            p = self.patch_size
+            if h < p or w < p:
+                raise ValueError(f"images of {h}x{w} are smaller than a {p}x{p} patch")
+            gh, gw = patch_grid_shape(h, w, p)
+            if gh < self.pool_size or gw < self.pool_size:
+                raise ValueError(
+                    f"the {gh}x{gw} patch grid of {h}x{w} images is smaller than the pooling kernel "
+                    f"{self.pool_size}; lower patch_size or pool_size")
+            self._set_shape((h, w, c))
+        elif (h, w, c) != tuple(self.image_shape_):
+            fh, fw, fc = self.image_shape_
+            raise ValueError(f"X has images of {h}x{w} with {c} channel(s), but SMT was fitted on "
+                             f"{fh}x{fw} with {fc} channel(s)")
+        return images
+
+    def _set_shape(self, shape):
+        h, w, c = shape
+        self.image_shape_ = (h, w, c)
+        self.n_features_in_ = h * w * c
+        self.patch_grid_shape_ = patch_grid_shape(h, w, self.patch_size)
+        hp, wp = pooled_grid_shape(*self.patch_grid_shape_, self.pool_size, self.pool_stride)
+        self.n_features_out_ = self.n_components * hp * wp
+
+    def _fitted_arrays(self):
+        return ("whitening_", "coloring_", "dictionary_", "atom_usage_", "components_", "eigenvalues_",
+                "skipped_components_")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # ------------------------------------------------------------------ streaming & checkpoints
+    def _progress(self, iterable, stage, n_images):
+        return tqdm(iterable, desc=f"SMT {stage}", unit="batch", disable=not self.verbose,
+                    postfix={"images": n_images}, leave=False)
+
+    def _batches(self, n, run, stage):
+        return self._progress(range(run["batch"], n, self.batch_size), stage, n)
+
+    def _maybe_checkpoint(self, run, stages, images):
+        if self.checkpoint_path and (run["batch"] // self.batch_size) % self.checkpoint_every == 0:
+            self._checkpoint(run, stages, images)
+
+    def _checkpoint(self, run, stages, images):
+        if not self.checkpoint_path:
+            return
+        arrays = {}
+        for name in ("whitening", "dictionary", "stats"):
+            stage = stages.get(name)
+            if stage is not None and _has_state(stage):
+                arrays.update({f"{name}.{k}": v for k, v in stage.get_state().items()})
+        sample = stages.get("sample") or {}
+        if run["phase"] == "whitening" and "keys" in sample:
+            arrays["sample.keys"] = sample["keys"].cpu().numpy()
+            arrays["sample.patches"] = sample["patches"].cpu().numpy()
+        meta = {"format_version": _FORMAT_VERSION, "run": run, "params": self._model_params(),
+                "fingerprint": _fingerprint(images), "n_nonempty": int(sample.get("n_nonempty", 0))}
+        _save_npz(self.checkpoint_path, meta, arrays)
+
+    def _resume(self, run, stages, images, device):
+        path = self.checkpoint_path
+        if not path or not Path(path).exists():
+            return run, stages
+        meta, arrays = _load_npz(path)
+        if meta.get("params") != self._model_params() or meta.get("fingerprint") != _fingerprint(images):
+            raise ValueError(f"the checkpoint {path} was written by a fit with other parameters or other "
+                             f"images; delete it or choose another checkpoint_path")
+        run = meta["run"]
+        for name in ("whitening", "dictionary", "stats"):
+            state = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
+            if state:
+                if name == "stats":
+                    stages[name].set_state(state)
+                else:
+                    stages[name].set_state(state, device)
+        stages["sample"]["n_nonempty"] = meta["n_nonempty"]
+        if "sample.keys" in arrays:
+            stages["sample"]["keys"] = torch.as_tensor(arrays["sample.keys"], device=device)
+            stages["sample"]["patches"] = torch.as_tensor(arrays["sample.patches"], device=device)
+        if run["phase"] in ("statistics", "done"):
+            run.update(phase="statistics", batch=run["batch"] if run["phase"] == "statistics" else 0)
+            if meta["run"]["phase"] == "done":
+                stages["stats"] = ContextStatistics(self.n_atoms, self.context, self.order, device)
+        return run, stages
+
+    def _model_params(self):
+        return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS}
+
+
+def _has_state(stage):
+    return any(k in vars(stage) for k in ("_scatter", "dictionary_", "_gram"))
+
+
+def _fingerprint(images):
+    first = np.ascontiguousarray(np.asarray(images[0].cpu() if isinstance(images, torch.Tensor) else images[0]))
+    last = np.ascontiguousarray(np.asarray(images[-1].cpu() if isinstance(images, torch.Tensor) else images[-1]))
+    digest = hashlib.sha1(first.tobytes() + last.tobytes()).hexdigest()
+    return {"shape": list(images.shape), "dtype": str(images.dtype), "sha1": digest}
+
+
+def _save_npz(path, meta, arrays):
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, __meta__=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+
+
+def _load_npz(path):
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["__meta__"]))
+        arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    return meta, arrays

@@ -1,0 +1,46 @@
+"""Patch extraction on the patch grid (paper: all p x p patches at stride 1, no padding)."""
+import torch
+import torch.nn.functional as F
+
+# A patch whose centred pixels have a smaller norm is constant: it gets no code and is not a graph node.
+EMPTY_PATCH_NORM = 1e-8
+
+
+def patch_grid_shape(height, width, patch_size):
+    """Shape (H', W') of the grid of stride-1 patches of an H x W image."""
+    return height - patch_size + 1, width - patch_size + 1
+
+
+def extract_patches(images, patch_size):
+    """All ``patch_size`` x ``patch_size`` patches at stride 1, centred per channel.
+
+    Parameters
+    ----------
+    images : torch.Tensor of shape (n, C, H, W), float
+        Pixels in [0, 1].
+    patch_size : int
+
+    Returns
+    -------
+    patches : torch.Tensor of shape (n, H', W', C * patch_size**2)
+        Channel-major layout (c, i, j), as ``torch.nn.functional.unfold`` gives it. From each
+        patch its own mean is subtracted separately for every channel, so only structure
+        inside the patch (chromatic structure for colour) is left.
+    empty : torch.Tensor of shape (n, H', W'), bool
+        Patches that are constant in every channel (centred norm below 1e-8).
+
+    Examples
+    --------
+    >>> x = torch.rand(2, 3, 32, 32)
+    >>> p, empty = extract_patches(x, 6)
+    >>> p.shape, empty.shape
+    (torch.Size([2, 27, 27, 108]), torch.Size([2, 27, 27]))
+    """
+    n, c, h, w = images.shape
+    gh, gw = patch_grid_shape(h, w, patch_size)
+    cols = F.unfold(images, patch_size)  # (n, C*p*p, H'*W')
+    cols = cols.view(n, c, patch_size * patch_size, gh * gw)
+    cols = cols - cols.mean(dim=2, keepdim=True)
+    patches = cols.reshape(n, c * patch_size * patch_size, gh, gw).permute(0, 2, 3, 1)
+    empty = patches.norm(dim=-1) < EMPTY_PATCH_NORM
+    return patches, empty

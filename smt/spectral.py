@@ -1,0 +1,257 @@
+"""Spectral embedding: the context statistics of the codes, and the generalized eigenproblem.
+
+Every statistic is a sum over images, so it streams (``partial_fit``), checkpoints as plain
+arrays and all-reduces across processes exactly. Sums are kept in float64; with binary codes
+every entry is an integer count, so accumulation is exact and its order does not matter.
+"""
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+
+CONTEXTS = ("image",)
+ORDERS = (1, 2)
+
+# Bound on the number of (atom, atom) pairs scattered at once: 2**24 pairs = 128 MiB of keys.
+_MAX_PAIRS = 1 << 24
+
+
+def _add_pairs(target, n_atoms, ia, va, ib, vb):
+    """target[a, b] += sum_n sum_{p, q} va[n, p] vb[n, q] for a = ia[n, p], b = ib[n, q] (pads are -1)."""
+    if ia.shape[0] == 0:
+        return
+    rows = max(1, _MAX_PAIRS // (ia.shape[1] * ib.shape[1]))
+    for i in range(0, ia.shape[0], rows):
+        a, b = ia[i:i + rows], ib[i:i + rows]
+        valid = (a >= 0)[:, :, None] & (b >= 0)[:, None, :]
+        key = a[:, :, None] * n_atoms + b[:, None, :]
+        weight = va[i:i + rows, :, None].double() * vb[i:i + rows, None, :].double()
+        target.index_add_(0, key[valid], weight[valid])
+
+
+def _neighbour_codes(indices, values, nonempty, radius):
+    """Codes of every patch's neighbours within ``radius`` (Chebyshev distance) on the grid.
+
+    indices, values : (B, H', W', m); nonempty : (B, H', W') bool.
+    Returns neighbour indices and values of shape (B, H', W', (2r+1)^2 - 1, m) and the degree
+    (number of non-empty neighbours) of shape (B, H', W').
+    """
+    b, h, w, m = indices.shape
+    r = radius
+    pad_i = F.pad(indices.permute(0, 3, 1, 2), (r, r, r, r), value=-1)
+    pad_v = F.pad(values.permute(0, 3, 1, 2), (r, r, r, r), value=0.0)
+    pad_n = F.pad(nonempty[:, None].to(torch.float32), (r, r, r, r))[:, 0]
+    offsets = [(dy, dx) for dy in range(2 * r + 1) for dx in range(2 * r + 1) if (dy, dx) != (r, r)]
+    n_idx = torch.stack([pad_i[:, :, dy:dy + h, dx:dx + w] for dy, dx in offsets], dim=-1)
+    n_val = torch.stack([pad_v[:, :, dy:dy + h, dx:dx + w] for dy, dx in offsets], dim=-1)
+    degree = sum(pad_n[:, dy:dy + h, dx:dx + w] for dy, dx in offsets)
+    # (B, m, H', W', n_off) -> (B, H', W', n_off, m)
+    return n_idx.permute(0, 2, 3, 4, 1), n_val.permute(0, 2, 3, 4, 1), degree
+
+
+class ContextStatistics:
+    """Streaming sums of the code statistics of the SMT objective (spec 5.1-5.4).
+
+    ``G = sum_i a_i a_i^T`` over non-empty patches, and ``M = A D D^T A^T`` for the context
+    difference operator D: first order (graph Laplacian of the context graph) or second order
+    (each patch against the mean of its neighbours).
+
+    Parameters
+    ----------
+    n_atoms : int
+    context : "image" or int
+        ``"image"``: all patches of an image are neighbours; int r: patches at Chebyshev distance
+        <= r on the patch grid.
+    order : {1, 2}
+    device : torch.device
+
+    Attributes
+    ----------
+    gram_ : torch.Tensor of shape (K, K), float64
+        G.
+    context_ : torch.Tensor of shape (K, K), float64
+        M.
+    usage_ : torch.Tensor of shape (K,), float64
+        Number of non-empty patches whose code uses each atom.
+    n_patches_ : int
+        Non-empty patches seen (N_p).
+    n_images_ : int
+    """
+
+    def __init__(self, n_atoms, context="image", order=1, device="cpu"):
+        self.n_atoms = n_atoms
+        self.context = context
+        self.order = order
+        self.device = device
+
+    def _init(self):
+        k = self.n_atoms
+        self._gram = torch.zeros(k * k, dtype=torch.float64, device=self.device)
+        self._context = torch.zeros(k * k, dtype=torch.float64, device=self.device)
+        self.usage_ = torch.zeros(k, dtype=torch.float64, device=self.device)
+        self.n_patches_ = 0
+        self.n_images_ = 0
+
+    @property
+    def gram_(self):
+        return self._gram.view(self.n_atoms, self.n_atoms)
+
+    @property
+    def context_(self):
+        return self._context.view(self.n_atoms, self.n_atoms)
+
+    def partial_fit(self, indices, values, nonempty):
+        """Add the statistics of a batch of images.
+
+        Parameters
+        ----------
+        indices : torch.Tensor of shape (B, H', W', m), int64
+            Sparse codes on the patch grid (-1 pads).
+        values : torch.Tensor of shape (B, H', W', m)
+        nonempty : torch.Tensor of shape (B, H', W'), bool
+            Graph nodes (non-constant patches).
+        """
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be 1 or 2, got {self.order!r}")
+        if not hasattr(self, "_gram"):
+            self._init()
+        k = self.n_atoms
+        b, h, w, m = indices.shape
+        flat_i, flat_v = indices.reshape(-1, m), values.reshape(-1, m)
+        nodes = nonempty.reshape(-1)
+        _add_pairs(self._gram, k, flat_i[nodes], flat_v[nodes], flat_i[nodes], flat_v[nodes])
+        used = flat_i[nodes]
+        used = used[used >= 0]
+        self.usage_ += torch.bincount(used, minlength=k).to(torch.float64)
+        self.n_patches_ += int(nodes.sum())
+        self.n_images_ += b
+        if self.context == "image":
+            self._add_whole_image(indices, values, nonempty)
+        else:
+            # Neighbour lists cost (2r+1)^2 * m per patch: walk the batch in slices.
+            per_image = h * w * ((2 * self.context + 1) ** 2 - 1) * m
+            step = max(1, (_MAX_PAIRS // 4) // per_image)
+            for i in range(0, b, step):
+                self._add_window(indices[i:i + step], values[i:i + step], nonempty[i:i + step])
+        return self
+
+    def _add_whole_image(self, indices, values, nonempty):
+        # First order over the complete graph of an image: m G_img - s s^T; second order is the
+        # same times m / (m - 1)^2 (spec 5.3).
+        k = self.n_atoms
+        b, _, _, mm = indices.shape
+        m_img = nonempty.reshape(b, -1).sum(1).to(torch.float64)
+        if self.order == 1:
+            scale = torch.ones_like(m_img)
+        else:
+            scale = torch.where(m_img > 1, m_img / (m_img - 1).clamp(min=1) ** 2, torch.zeros_like(m_img))
+        flat_i = indices.reshape(b, -1, mm)
+        flat_v = values.reshape(b, -1, mm).to(torch.float64)
+        node = nonempty.reshape(b, -1)
+        weighted = flat_v * (scale * m_img)[:, None, None]
+        _add_pairs(self._context, k, flat_i[node], weighted[node], flat_i[node], flat_v[node])
+        sums = torch.zeros(b, k + 1, dtype=torch.float64, device=indices.device)
+        sums.scatter_add_(1, (flat_i.where(flat_i >= 0, k)).reshape(b, -1), flat_v.reshape(b, -1))
+        sums = sums[:, :k] * scale.sqrt()[:, None]
+        nnz = (sums != 0).sum(1)
+        if int((nnz * nnz).sum()) * 16 < b * k * k:  # sparse outer products beat the dense GEMM
+            width = int(nnz.max())
+            top = sums.abs().topk(max(width, 1), dim=1, sorted=False).indices
+            vals = sums.gather(1, top)
+            top = top.where(vals != 0, -1)
+            _add_pairs(self._context, k, top, -vals, top, vals)
+        else:
+            self._context -= (sums.T @ sums).reshape(-1)
+
+    def _add_window(self, indices, values, nonempty):
+        k = self.n_atoms
+        n_idx, n_val, degree = _neighbour_codes(indices, values, nonempty, self.context)
+        node = nonempty & (degree > 0)
+        ai, av = indices[node], values[node].to(torch.float64)
+        ni, nv = n_idx[node].flatten(1), n_val[node].flatten(1).to(torch.float64)
+        deg = degree[node].to(torch.float64)[:, None]
+        if self.order == 1:
+            # Laplacian: sum_i deg_i a_i a_i^T - sum_i a_i nu_i^T
+            _add_pairs(self._context, k, ai, av * deg, ai, av)
+            _add_pairs(self._context, k, ai, -av, ni, nv)
+        else:
+            # r_i = a_i - nu_i / deg_i, and M = sum_i r_i r_i^T
+            ri = torch.cat([ai, ni], dim=1)
+            rv = torch.cat([av, -nv / deg], dim=1)
+            _add_pairs(self._context, k, ri, rv, ri, rv)
+
+    def get_state(self):
+        return {"gram": self._gram.cpu().numpy(), "context": self._context.cpu().numpy(),
+                "usage": self.usage_.cpu().numpy(),
+                "n_patches": np.int64(self.n_patches_), "n_images": np.int64(self.n_images_)}
+
+    def set_state(self, state):
+        self._gram = torch.as_tensor(state["gram"], device=self.device)
+        self._context = torch.as_tensor(state["context"], device=self.device)
+        self.usage_ = torch.as_tensor(state["usage"], device=self.device)
+        self.n_patches_ = int(state["n_patches"])
+        self.n_images_ = int(state["n_images"])
+        return self
+
+
+def solve_embedding(gram, context, n_patches, n_components, n_skip=1, device="cpu"):
+    """Solve ``M p = lambda V_eps p`` for the slowest directions (spec 5.5).
+
+    Parameters
+    ----------
+    gram, context : array-like of shape (K, K)
+        G and M as accumulated (unnormalised sums).
+    n_patches : int
+        N_p; V = G / N_p and M / N_p.
+    n_components : int
+        d, the number of kept directions.
+    n_skip : int
+        The slowest directions dropped before the d kept ones.
+    device : torch.device
+        CUDA: Cholesky + ``torch.linalg.eigh`` in float64. CPU: ``scipy.linalg.eigh`` with the subset
+        driver ``gvx``.
+
+    Returns
+    -------
+    components : ndarray of shape (d, K)
+        P, with ``P V_eps P^T = I``; columns of atoms never used are 0.
+    eigenvalues : ndarray of shape (d,)
+        The slowness ``p^T M p`` of each kept direction, ascending.
+    skipped : ndarray of shape (n_skip, K)
+    """
+    gram = torch.as_tensor(gram, dtype=torch.float64)
+    context = torch.as_tensor(context, dtype=torch.float64)
+    k = gram.shape[0]
+    used = torch.nonzero(torch.diagonal(gram) > 0)[:, 0]
+    k_used = len(used)
+    n_total = n_skip + n_components
+    if n_total > k_used:
+        raise ValueError(
+            f"n_skip + n_components = {n_total} exceeds the {k_used} atoms the training codes use; "
+            f"lower n_components or fit on more images")
+    v = gram[used][:, used] / n_patches
+    mm = context[used][:, used] / n_patches
+    mm = (mm + mm.T) / 2
+    v = (v + v.T) / 2
+    v += torch.eye(k_used, dtype=torch.float64, device=v.device) * (1e-6 * torch.trace(v) / k_used)
+    device = torch.device(device)
+    if device.type == "cuda":
+        v, mm = v.to(device), mm.to(device)
+        chol = torch.linalg.cholesky(v)
+        c = torch.linalg.solve_triangular(chol, mm, upper=False)
+        c = torch.linalg.solve_triangular(chol, c.T, upper=False)
+        evals, u = torch.linalg.eigh((c + c.T) / 2)
+        evals, u = evals[:n_total], u[:, :n_total]
+        vecs = torch.linalg.solve_triangular(chol.T, u, upper=True)
+        evals, vecs = evals.cpu().numpy(), vecs.cpu().numpy()
+    else:
+        mm_np, v_np = mm.numpy(), v.numpy()
+        del mm, v
+        evals, vecs = scipy.linalg.eigh(mm_np, v_np, subset_by_index=[0, n_total - 1], driver="gvx",
+                                        overwrite_a=True, overwrite_b=True, check_finite=False)
+    # Sign convention: the largest-magnitude entry of every direction is positive.
+    pivot = np.abs(vecs).argmax(axis=0)
+    vecs = vecs * np.sign(vecs[pivot, np.arange(vecs.shape[1])])
+    full = np.zeros((n_total, k))
+    full[:, used.cpu().numpy()] = vecs.T
+    return full[n_skip:], evals[n_skip:], full[:n_skip]

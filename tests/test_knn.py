@@ -1,0 +1,316 @@
+"""Tests for smt.knn: the weighted cosine kNN evaluation protocol."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+from sklearn.neighbors import KNeighborsClassifier
+
+from smt.knn import StreamingKNN, knn_accuracy
+from smt.knn import _decode, _encode
+
+
+def _stream(knn, refs, labels, chunk):
+    for start in range(0, len(refs), chunk):
+        knn.update(refs[start:start + chunk], labels[start:start + chunk])
+    return knn
+
+
+# --------------------------------------------------------------------------- #
+# (1) hand-checkable example
+# --------------------------------------------------------------------------- #
+# Query along +x; references at 0, 30, 60, 90 and 180 degrees, with different
+# norms (normalisation must remove them).  Cosines: 1, sqrt(3)/2, 1/2, 0, -1.
+ANGLES = np.deg2rad([0.0, 30.0, 60.0, 90.0, 180.0])
+NORMS = np.array([3.0, 0.5, 2.0, 1.0, 7.0])
+REFS = NORMS[:, None] * np.stack([np.cos(ANGLES), np.sin(ANGLES)], axis=1)
+REF_LABELS = np.array([0, 1, 1, 0, 1])
+QUERY = np.array([[2.0, 0.0]])
+
+
+@pytest.mark.parametrize("temperature", [0.03, 1.0])
+def test_hand_computed_votes(temperature):
+    knn = StreamingKNN(QUERY, k=3, temperature=temperature, device="cpu")
+    knn.update(REFS, REF_LABELS)
+
+    sims, labels, idx = knn.neighbors()
+    assert idx.tolist() == [[0, 1, 2]]
+    assert labels.tolist() == [[0, 1, 1]]
+    np.testing.assert_allclose(sims.numpy(), [[1.0, math.sqrt(3) / 2, 0.5]], atol=1e-6)
+
+    t = temperature
+    expected = np.array([[math.exp(1.0 / t), math.exp(math.sqrt(3) / 2 / t) + math.exp(0.5 / t)]])
+    scores = knn.predict_scores(2)
+    assert scores.shape == (1, 2) and scores.dtype == torch.float32
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5)
+    # extra columns for unseen classes get zero votes
+    np.testing.assert_allclose(knn.predict_scores(4).numpy()[:, 2:], 0.0)
+    # stabilised votes are the same up to the factor exp(max s / T) = exp(1 / T)
+    np.testing.assert_allclose(
+        knn.predict_scores(2, stabilize=True).numpy(), expected / math.exp(1.0 / t), rtol=1e-5
+    )
+
+    # T = 0.03: the single exact match dominates; T = 1: the two class-1 votes win
+    # (e^1 = 2.72 < e^0.866 + e^0.5 = 4.03).
+    assert knn.predict().tolist() == ([0] if temperature == 0.03 else [1])
+
+
+def test_k_larger_than_reference_set_uses_all():
+    knn = StreamingKNN(QUERY, k=30, temperature=1.0, device="cpu")
+    knn.update(REFS, REF_LABELS)
+    sims, _, idx = knn.neighbors()
+    assert idx.tolist() == [[0, 1, 2, 3, 4]]
+    cos = np.cos(ANGLES)
+    expected = [np.exp(cos[REF_LABELS == c]).sum() for c in (0, 1)]
+    np.testing.assert_allclose(knn.predict_scores().numpy(), [expected], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# (2) chunking and batching do not change anything
+# --------------------------------------------------------------------------- #
+def test_streaming_matches_single_chunk_exactly():
+    rng = np.random.default_rng(0)
+    refs = rng.standard_normal((97, 12)).astype(np.float32)
+    labels = rng.integers(0, 7, size=97)
+    queries = rng.standard_normal((23, 12))
+
+    ref_knn = StreamingKNN(queries, k=10, device="cpu")
+    ref_knn.update(refs, labels)
+    want_sims, want_labels, want_idx = ref_knn.neighbors()
+    want_scores = ref_knn.predict_scores(7)
+
+    for chunk, qbatch in [(1, 1), (2, 5), (3, 23), (10, 4), (11, 1000), (50, 7), (97, 2)]:
+        knn = _stream(StreamingKNN(queries, k=10, device="cpu", query_batch_size=qbatch),
+                      refs, labels, chunk)
+        sims, got_labels, idx = knn.neighbors()
+        assert knn.n_references == 97
+        assert torch.equal(idx, want_idx), (chunk, qbatch)
+        assert torch.equal(got_labels, want_labels)
+        # float32 GEMMs of different shapes may round differently (1 ulp)
+        torch.testing.assert_close(sims, want_sims, rtol=0, atol=5e-7)
+        torch.testing.assert_close(knn.predict_scores(7), want_scores, rtol=2e-5, atol=0)
+        assert torch.equal(knn.predict(), ref_knn.predict())
+        assert knn.accuracy(labels[:23]) == ref_knn.accuracy(labels[:23])
+
+
+def test_numpy_and_torch_inputs_agree():
+    rng = np.random.default_rng(1)
+    refs = rng.standard_normal((40, 5))
+    labels = rng.integers(0, 3, size=40)
+    queries = rng.standard_normal((9, 5))
+    a = StreamingKNN(queries, k=5, device="cpu")
+    a.update(refs, labels)
+    b = StreamingKNN(torch.from_numpy(queries).float(), k=5, device=torch.device("cpu"))
+    b.update(torch.from_numpy(refs), torch.from_numpy(labels))
+    assert torch.equal(a.predict_scores(), b.predict_scores())
+
+
+def test_knn_accuracy_array_and_iterable_agree():
+    x, y = make_blobs(n_samples=300, centers=6, n_features=8, cluster_std=4.0, random_state=3)
+    xtr, ytr, xte, yte = x[:200], y[:200], x[200:], y[200:]
+    full = knn_accuracy(xtr, ytr, xte, yte, k=7, device="cpu")
+    chunked = knn_accuracy(xtr, ytr, xte, yte, k=7, device="cpu", batch_size=13, query_batch_size=9)
+    gen = ((torch.from_numpy(xtr[i:i + 31]), ytr[i:i + 31]) for i in range(0, 200, 31))
+    streamed = knn_accuracy(gen, None, torch.from_numpy(xte), torch.from_numpy(yte), k=7, device="auto")
+    assert full == chunked == streamed
+    assert set(full) == {"top1", "top5"}
+
+
+# --------------------------------------------------------------------------- #
+# (3) agreement with scikit-learn
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("k,temperature", [(30, 0.03), (5, 0.1), (1, 0.03)])
+def test_matches_sklearn_weighted_cosine_knn(k, temperature):
+    x, y = make_blobs(n_samples=700, centers=8, n_features=10, cluster_std=5.0, random_state=0)
+    xtr, ytr, xte, yte = x[:500], y[:500], x[500:], y[500:]
+
+    clf = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute",
+                               weights=lambda d: np.exp((1.0 - d) / temperature))
+    clf.fit(xtr, ytr)
+    want = clf.classes_[clf.predict_proba(xte).argmax(axis=1)]
+
+    knn = _stream(StreamingKNN(xte, k=k, temperature=temperature, device="cpu", query_batch_size=64),
+                  xtr, ytr, 128)
+    got = knn.predict().numpy()
+    np.testing.assert_array_equal(got, want)
+    assert 0 < (got != yte).sum()  # the task is not trivial
+
+    _, sk_idx = clf.kneighbors(xte)
+    np.testing.assert_array_equal(knn.neighbors()[2].numpy(), sk_idx)
+
+    acc = knn_accuracy(xtr, ytr, xte, yte, k=k, temperature=temperature, topk=(1,), device="cpu")
+    assert acc["top1"] == pytest.approx(100.0 * (want == yte).mean())
+
+
+# --------------------------------------------------------------------------- #
+# (4) deterministic tie-breaking
+# --------------------------------------------------------------------------- #
+def test_ties_keep_lowest_reference_index():
+    base = np.array([[1.0, 2.0, 3.0], [-3.0, 1.0, 0.5], [0.2, -1.0, 4.0]])
+    # rows 1, 3, 5, 6 are identical to the query direction; their labels differ
+    refs = np.stack([base[1], base[0], base[2], base[0], base[1], base[0], base[0]])
+    labels = np.array([0, 3, 0, 1, 0, 2, 2])
+    query = base[[0]] * 5.0
+
+    for chunk in (1, 2, 3, 4, 7):
+        for k, want in [(1, [1]), (2, [1, 3]), (3, [1, 3, 5]), (4, [1, 3, 5, 6])]:
+            knn = _stream(StreamingKNN(query, k=k, device="cpu"), refs, labels, chunk)
+            sims, got_labels, idx = knn.neighbors()
+            assert idx.tolist() == [want], (chunk, k)
+            assert got_labels.tolist() == [labels[want].tolist()]
+            assert float(sims.min()) == float(sims.max())  # genuinely tied
+        # k = 2: classes 3 and 1 get exactly the same vote -> lower class index wins
+        knn = _stream(StreamingKNN(query, k=2, device="cpu"), refs, labels, chunk)
+        scores = knn.predict_scores()
+        assert scores[0, 1] == scores[0, 3]
+        assert knn.predict().tolist() == [1]
+
+
+def test_ties_are_deterministic_across_many_duplicates():
+    rng = np.random.default_rng(5)
+    protos = rng.standard_normal((4, 6))
+    which = rng.integers(0, 4, size=200)
+    refs, labels = protos[which], rng.integers(0, 10, size=200)
+    queries = protos + 0.01 * rng.standard_normal((4, 6))
+    knn = _stream(StreamingKNN(queries, k=8, device="cpu"), refs, labels, 17)
+    idx = knn.neighbors()[2].numpy()
+    for q in range(4):
+        np.testing.assert_array_equal(idx[q], np.flatnonzero(which == q)[:8])
+
+
+def test_encode_decode_roundtrip_and_order():
+    sims = torch.tensor([[-1.0, -0.5, -0.0, 0.0, 1e-30, 0.25, 1.0, -1e-30]])
+    gidx = torch.tensor([7, 3, 5, 2, 0, 2**32 - 1, 1, 4])
+    keys = _encode(sims, gidx)
+    got_sims, got_idx = _decode(keys)
+    assert torch.equal(got_sims, sims + 0.0) and torch.equal(got_idx, gidx[None])
+    order = torch.argsort(keys[0], descending=True).tolist()
+    assert order == [6, 5, 4, 3, 2, 7, 1, 0]  # -0.0 ties with +0.0 -> lower index (2) first
+
+
+# --------------------------------------------------------------------------- #
+# (5) accuracy values
+# --------------------------------------------------------------------------- #
+def test_topk_accuracy_bounds_and_perfect_separation():
+    x, y = make_blobs(n_samples=600, centers=10, n_features=6, cluster_std=6.0, random_state=2)
+    acc = knn_accuracy(x[:400], y[:400], x[400:], y[400:], k=20, device="cpu", batch_size=100)
+    assert 0.0 <= acc["top1"] <= acc["top5"] <= 100.0
+    assert acc["top1"] < 100.0
+
+    # one-hot classes: every test point lies on its class axis
+    n_classes = 12
+    eye = np.eye(n_classes)
+    train = np.repeat(eye, 3, axis=0) * np.linspace(0.5, 2.0, 3 * n_classes)[:, None]
+    train_y = np.repeat(np.arange(n_classes), 3)
+    test = eye * 4.0 + 0.01
+    acc = knn_accuracy(train, train_y, test, np.arange(n_classes), k=5, topk=(1, 5, 20), device="cpu")
+    assert acc == {"top1": 100.0, "top5": 100.0, "top20": 100.0}
+
+
+def test_top5_by_hand():
+    # 6 classes; the query's votes rank the classes 0 > 1 > 2 > 3 > 4 > 5 (5 gets none)
+    refs = np.array([[1.0, 0.0], [0.99, 0.14], [0.97, 0.24], [0.95, 0.31], [0.9, 0.43], [0.0, 1.0]])
+    knn = StreamingKNN(np.array([[1.0, 0.0]]), k=5, device="cpu")
+    knn.update(refs, np.arange(6))
+    assert knn.ranked_classes().tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert knn.accuracy([4]) == {"top1": 0.0, "top5": 100.0}
+    assert knn.accuracy([5]) == {"top1": 0.0, "top5": 0.0}
+    assert knn.accuracy([0], topk=(1, 2)) == {"top1": 100.0, "top2": 100.0}
+
+
+# --------------------------------------------------------------------------- #
+# (6) input validation
+# --------------------------------------------------------------------------- #
+def test_errors():
+    q = np.ones((3, 4))
+    with pytest.raises(ValueError, match="k must be"):
+        StreamingKNN(q, k=0)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_accuracy(q, [0, 1, 2], q, [0, 1, 2], k=-1, device="cpu")
+    with pytest.raises(ValueError, match="temperature"):
+        StreamingKNN(q, temperature=0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        StreamingKNN(np.array([[1.0, np.nan]]), device="cpu")
+    with pytest.raises(ValueError, match="empty"):
+        StreamingKNN(np.zeros((0, 4)), device="cpu")
+    with pytest.raises(ValueError, match="2-D"):
+        StreamingKNN(np.ones(4), device="cpu")
+
+    knn = StreamingKNN(q, k=2, device="cpu")
+    with pytest.raises(ValueError, match="reference set is empty"):
+        knn.predict()
+    with pytest.raises(ValueError, match="reference set is empty"):
+        knn.neighbors()
+    knn.update(np.zeros((0, 4)), np.zeros(0, dtype=int))  # an empty chunk is a no-op
+    with pytest.raises(ValueError, match="reference set is empty"):
+        knn.predict_scores(3)
+    with pytest.raises(ValueError, match="features"):
+        knn.update(np.ones((2, 5)), [0, 1])
+    with pytest.raises(ValueError, match="entries"):
+        knn.update(np.ones((2, 4)), [0, 1, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        knn.update(np.array([[1.0, 2.0, np.inf, 0.0]]), [0])
+    with pytest.raises(ValueError, match="NaN"):
+        knn.update(torch.tensor([[1.0, 2.0, float("nan"), 0.0]]), [0])
+    with pytest.raises(ValueError, match="non-negative"):
+        knn.update(np.ones((1, 4)), [-1])
+    with pytest.raises(ValueError, match="integer"):
+        knn.update(np.ones((1, 4)), [0.5])
+    assert knn.n_references == 0  # failed updates leave the state untouched
+    knn.update(np.ones((2, 4)), [0, 4])
+    with pytest.raises(ValueError, match="n_classes"):
+        knn.predict_scores(3)
+    with pytest.raises(ValueError, match="labels"):
+        knn.accuracy([0, 1])
+
+    train, labels = np.ones((5, 4)), np.arange(5)
+    with pytest.raises(ValueError, match="features"):
+        knn_accuracy(train, labels, np.ones((2, 3)), [0, 1], device="cpu")
+    with pytest.raises(ValueError, match="train_labels has"):
+        knn_accuracy(train, labels[:4], q, [0, 1, 2], device="cpu")
+    with pytest.raises(ValueError, match="test_labels"):
+        knn_accuracy(train, labels, q, [0, 1], device="cpu")
+    with pytest.raises(ValueError, match="train_labels is required"):
+        knn_accuracy(train, None, q, [0, 1, 2], device="cpu")
+    with pytest.raises(ValueError, match="train_labels must be None"):
+        knn_accuracy([(train, labels)], labels, q, [0, 1, 2], device="cpu")
+    with pytest.raises(ValueError, match="reference set is empty"):
+        knn_accuracy(iter([]), None, q, [0, 1, 2], device="cpu")
+    with pytest.raises(ValueError, match="reference set is empty"):
+        knn_accuracy(np.zeros((0, 4)), np.zeros(0, dtype=int), q, [0, 1, 2], device="cpu")
+    with pytest.raises(TypeError, match="pair"):
+        knn_accuracy([train], None, q, [0, 1, 2], device="cpu")
+
+
+def test_zero_vectors_do_not_produce_nan():
+    knn = StreamingKNN(np.zeros((1, 3)), k=2, device="cpu")
+    knn.update(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), [1, 0])
+    scores = knn.predict_scores()
+    assert torch.isfinite(scores).all()
+    assert knn.predict().tolist() == [0]  # both similarities are 0: equal votes
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 64])
+def test_many_exact_ties_match_stable_oracle(k):
+    # unit vectors with four entries of +-1/2: every cosine is an exact multiple of 1/4,
+    # so whole blocks of references tie and the float arithmetic is exact
+    rng = np.random.default_rng(k)
+
+    def unit(n):
+        x = np.zeros((n, 8))
+        for row in x:
+            row[rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        return x
+
+    refs, queries = unit(60), unit(9)
+    labels = rng.integers(0, 5, size=60)
+    sims = queries @ refs.T
+    want = np.stack([np.lexsort((np.arange(60), -row))[:k] for row in sims])
+    for chunk in (1, 4, 13, 60):
+        knn = _stream(StreamingKNN(queries, k=k, device="cpu", query_batch_size=4), refs, labels, chunk)
+        got_sims, got_labels, idx = knn.neighbors()
+        np.testing.assert_array_equal(idx.numpy(), want[:, : min(k, 60)])
+        np.testing.assert_array_equal(got_labels.numpy(), labels[want[:, : min(k, 60)]])
+        np.testing.assert_array_equal(got_sims.numpy(), np.take_along_axis(sims, want, 1))
