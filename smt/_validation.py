@@ -1,5 +1,6 @@
 """Checks of image input at the public boundary, with errors that name the problem."""
 import numpy as np
+import scipy.sparse
 import torch
 
 _FLOAT_RANGE_TOL = 1e-6
@@ -18,10 +19,14 @@ def as_images(X):
     images : ndarray or torch.Tensor of shape (n, H, W, C)
         Not copied when it need not be; pixel scaling happens per batch in :func:`to_batch`.
     """
+    if scipy.sparse.issparse(X):
+        raise TypeError("sparse input is not supported: SMT takes dense images of shape (n, H, W[, C])")
     if isinstance(X, (list, tuple)):
         X = _stack_list(X)
     if not isinstance(X, torch.Tensor):
         X = np.asarray(X)
+        if np.iscomplexobj(X):
+            raise ValueError("Complex data not supported: images must be uint8 or float")
         if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
             raise ValueError(f"images must be numeric (uint8 or float), got dtype {X.dtype}")
     dtype_name = str(X.dtype).replace("torch.", "")

@@ -92,13 +92,11 @@ class OnlineDictionary:
         phi = self.dictionary_
         s = x @ phi.T  # (B, K) cosines
         best = s.argmax(dim=1)
-        coef = s.gather(1, best[:, None])[:, 0]
-        code = torch.zeros_like(s).scatter_(1, best[:, None], coef[:, None])  # 1-sparse A^T
-        residual = x - code @ phi
-        # Dense GEMMs instead of scatter-adds: deterministic on every device.
-        energy = (code * code).mean(dim=0)
+        coef = s.gather(1, best[:, None])[:, 0]  # least-squares coefficient for a unit atom
+        residual = x - coef[:, None] * phi[best]
+        energy = _atom_sums(best, coef * coef, self.n_atoms) / len(x)
         self.activation_ = (1 - 1 / self.memory) * self.activation_ + energy / self.memory
-        grad = code.T @ residual / len(x)
+        grad = _atom_sums(best, coef[:, None] * residual, self.n_atoms) / len(x)
         phi = phi + self.lr * grad / (self.activation_ + self.floor)[:, None]
         phi = phi / phi.norm(dim=1, keepdim=True)
         self.n_steps_ += 1
@@ -121,3 +119,14 @@ class OnlineDictionary:
         self.n_steps_ = int(state["n_steps"])
         self._buffer = torch.as_tensor(state["buffer"], device=device)
         return self
+
+
+def _atom_sums(best, rows, n_atoms):
+    """Sum of ``rows`` per winning atom, shape (K,) or (K, D)."""
+    if best.device.type == "cuda":
+        # A one-hot GEMM: CUDA's index_add_ uses float atomics, whose order (and so rounding) varies.
+        onehot = torch.zeros(len(best), n_atoms, device=best.device, dtype=rows.dtype)
+        onehot[torch.arange(len(best), device=best.device), best] = 1
+        return onehot.T @ rows
+    out = rows.new_zeros((n_atoms,) + rows.shape[1:])
+    return out.index_add_(0, best, rows)

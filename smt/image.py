@@ -366,11 +366,15 @@ class SMT(TransformerMixin, BaseEstimator):
     def _code(self, patches, empty, phi, device):
         x = torch.as_tensor(self.whitening_, dtype=torch.float32, device=device)
         n, gh, gw, dim = patches.shape
-        z = patches.reshape(-1, dim) @ x
+        keep = ~empty.reshape(-1)
+        z = patches.reshape(-1, dim)[keep] @ x  # constant patches get no code: skip their GEMM
         z = z / (z.norm(dim=1, keepdim=True) + 1e-9)
         idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
-                               self.empty_code, self.code_norm, empty=empty.reshape(-1))
-        return idx.view(n, gh, gw, -1), val.view(n, gh, gw, -1)
+                               self.empty_code, self.code_norm)
+        full_idx = idx.new_full((n * gh * gw, idx.shape[1]), -1)
+        full_val = val.new_zeros((n * gh * gw, val.shape[1]))
+        full_idx[keep], full_val[keep] = idx, val
+        return full_idx.view(n, gh, gw, -1), full_val.view(n, gh, gw, -1)
 
     def _embed(self, batch, device):
         cache = self.__dict__.get("_cache")
@@ -451,7 +455,6 @@ class SMT(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
         tags.input_tags.three_d_array = True
         tags.non_deterministic = self.random_state is None
         return tags

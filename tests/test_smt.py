@@ -1,0 +1,181 @@
+"""The SMT estimator as a user sees it: shapes, determinism, accuracy, sklearn integration, state."""
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+
+from smt import SMT
+from smt.knn import knn_accuracy
+
+from conftest import small_smt
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X, _ = digits
+    return small_smt().fit(X[:600])
+
+
+def test_shapes_and_attributes(fitted, digits):
+    X, _ = digits
+    z = fitted.transform(X[:10])
+    # 8x8 -> 6x6 patch grid -> 4x4 pooled grid, 6 dimensions each
+    assert z.shape == (10, 6 * 4 * 4) == (10, fitted.n_features_out_)
+    assert z.dtype == np.float32
+    assert fitted.whitening_.shape == (9, 9) and fitted.dictionary_.shape == (32, 9)
+    assert fitted.components_.shape == (6, 32) and fitted.eigenvalues_.shape == (6,)
+    assert fitted.skipped_components_.shape == (1, 32)
+    assert fitted.image_shape_ == (8, 8, 1) and fitted.n_features_in_ == 64
+    assert fitted.patch_grid_shape_ == (6, 6)
+    np.testing.assert_allclose(np.linalg.norm(fitted.dictionary_, axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(fitted.atom_usage_.sum(), 1.0)  # one-sparse: each patch one atom
+    # each pooled location is a unit d-vector
+    loc = z.reshape(10, 6, 16)
+    np.testing.assert_allclose(np.linalg.norm(loc, axis=1), 1, rtol=1e-4)
+
+
+def test_same_seed_same_embedding_bitwise(digits):
+    X, _ = digits
+    z1 = small_smt(random_state=7).fit_transform(X[:300])
+    z2 = small_smt(random_state=7).fit_transform(X[:300])
+    z3 = small_smt(random_state=8).fit_transform(X[:300])
+    assert np.array_equal(z1, z2)
+    assert not np.array_equal(z1, z3)
+
+
+def test_uint8_and_float_and_channels_agree(digits):
+    X, _ = digits
+    x8 = np.round(X[:200] * 255).astype(np.uint8)
+    za = small_smt().fit_transform(x8)
+    zb = small_smt().fit_transform(x8.astype(np.float64) / 255)
+    zc = small_smt().fit_transform(x8[..., None])
+    np.testing.assert_allclose(za, zb, atol=1e-5)
+    np.testing.assert_array_equal(za, zc)
+
+
+def test_torch_in_torch_out(fitted, digits):
+    X, _ = digits
+    t = torch.as_tensor(X[:5], dtype=torch.float32)
+    z = fitted.transform(t)
+    assert isinstance(z, torch.Tensor) and z.shape == (5, fitted.n_features_out_)
+    np.testing.assert_allclose(z.numpy(), fitted.transform(X[:5].astype(np.float32)), atol=1e-6)
+
+
+def test_beats_raw_pixels_on_digits(digits):
+    X, y = digits
+    xtr, xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    model = SMT(patch_size=3, n_atoms=128, coding="one_sparse", n_components=16, context=1,
+                pool_size=3, pool_stride=1, dict_batch_size=1024, random_state=0)
+    smt_acc = knn_accuracy(model.fit_transform(xtr), ytr, model.transform(xte), yte, k=10)["top1"]
+    raw_acc = knn_accuracy(xtr.reshape(len(xtr), -1), ytr, xte.reshape(len(xte), -1), yte, k=10)["top1"]
+    assert smt_acc > raw_acc, (smt_acc, raw_acc)
+
+
+def test_pipeline_and_grid_search(digits):
+    X, y = digits
+    pipe = make_pipeline(small_smt(), KNeighborsClassifier(5))
+    pipe.fit(X[:500], y[:500])
+    assert pipe.score(X[500:700], y[500:700]) > 0.8
+    search = GridSearchCV(pipe, {"smt__n_components": [4, 6]}, cv=2)
+    search.fit(X[:400], y[:400])
+    assert search.best_params_["smt__n_components"] in (4, 6)
+
+
+def test_whole_image_and_second_order_and_threshold_run(digits):
+    X, _ = digits
+    for kw in [dict(context="image"), dict(order=2), dict(coding="threshold", threshold=0.3),
+               dict(coding="top_k", n_nonzero=3, code_norm="l1"), dict(dict_epochs=0)]:
+        z = small_smt(**kw).fit_transform(X[:200])
+        assert z.shape == (200, 96) and np.isfinite(z).all(), kw
+
+
+def test_partial_fit_streams_statistics(digits):
+    X, _ = digits
+    chunked = small_smt()
+    chunked.partial_fit(X[:300])
+    first_dictionary = chunked.dictionary_.copy()
+    chunked.partial_fit(X[300:600])
+    # the front end is fitted on the first chunk; later chunks add statistics only
+    assert np.array_equal(chunked.dictionary_, first_dictionary)
+    assert chunked._stats.n_images_ == 600
+    # adding the same statistics in one call gives the same projection
+    whole = small_smt()
+    whole.partial_fit(X[:300])
+    whole._stats.partial_fit(*_codes(whole, X[300:600]))
+    whole._solve(whole._stats, torch.device("cpu"))
+    np.testing.assert_allclose(chunked.components_, whole.components_, atol=1e-10)
+
+
+def _codes(model, X):
+    from smt._validation import as_images, to_batch
+    from smt.patches import extract_patches
+    patches, empty = extract_patches(to_batch(as_images(X), "cpu"), model.patch_size)
+    idx, val = model._code(patches, empty, torch.as_tensor(model.dictionary_), "cpu")
+    return idx, val, ~empty
+
+
+def test_save_load_round_trip(fitted, digits, tmp_path):
+    X, _ = digits
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    loaded = SMT.load(path)
+    assert loaded.get_params() == fitted.get_params()
+    assert np.array_equal(loaded.transform(X[:50]), fitted.transform(X[:50]))
+    # the file is plain arrays: it loads with pickle disabled
+    with np.load(path, allow_pickle=False) as f:
+        assert "components_" in f.files
+
+
+def test_checkpoint_resume_gives_same_model(digits, tmp_path, monkeypatch):
+    X, _ = digits
+    ref = small_smt().fit(X[:600])
+    path = tmp_path / "fit.ckpt.npz"
+    model = small_smt(checkpoint_path=str(path), checkpoint_every=1, batch_size=100)
+    calls = {"n": 0}
+    original = type(model)._accumulate
+
+    def crash_midway(self, images, run, stages, device):
+        # stop after a few statistics batches, as a killed process would
+        from smt.spectral import ContextStatistics
+        real = ContextStatistics.partial_fit
+
+        def counting(stats, *a):
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise KeyboardInterrupt
+            return real(stats, *a)
+        monkeypatch.setattr(ContextStatistics, "partial_fit", counting)
+        try:
+            return original(self, images, run, stages, device)
+        finally:
+            monkeypatch.setattr(ContextStatistics, "partial_fit", real)
+
+    monkeypatch.setattr(type(model), "_accumulate", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X[:600])
+    monkeypatch.undo()
+    assert path.exists()
+    resumed = small_smt(checkpoint_path=str(path), checkpoint_every=1, batch_size=100).fit(X[:600])
+    # batch_size differs from ref only in how images are grouped: statistics are sums, so the
+    # model equals an uninterrupted fit with the same batch size
+    uninterrupted = small_smt(batch_size=100).fit(X[:600])
+    np.testing.assert_array_equal(resumed.dictionary_, uninterrupted.dictionary_)
+    np.testing.assert_allclose(resumed.components_, uninterrupted.components_, atol=1e-12)
+    assert ref.components_.shape == resumed.components_.shape
+
+
+def test_checkpoint_from_other_data_is_refused(digits, tmp_path):
+    X, _ = digits
+    path = tmp_path / "fit.npz"
+    small_smt(checkpoint_path=str(path)).fit(X[:300])
+    with pytest.raises(ValueError, match="other parameters or other images"):
+        small_smt(checkpoint_path=str(path)).fit(X[300:600])
+
+
+def test_verbose_shows_progress(digits, capsys):
+    X, _ = digits
+    small_smt(verbose=True).fit(X[:200])
+    err = capsys.readouterr().err
+    assert "SMT whitening" in err and "SMT statistics" in err

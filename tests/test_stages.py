@@ -1,0 +1,235 @@
+"""Each stage on its own, against small cases checked by hand or by brute force."""
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from smt.coding import sparse_code
+from smt.dictionary import OnlineDictionary
+from smt.patches import extract_patches, patch_grid_shape
+from smt.pooling import pool_embeddings
+from smt.spectral import ContextStatistics, solve_embedding
+from smt.whitening import Whitening
+
+
+# ----------------------------------------------------------------- patches
+@pytest.mark.parametrize("shape", [(2, 1, 28, 28), (3, 3, 32, 32), (1, 1, 9, 13)])
+def test_patches_shape_and_layout(shape):
+    x = torch.rand(shape)
+    p, empty = extract_patches(x, 6)
+    n, c, h, w = shape
+    assert p.shape == (n, h - 5, w - 5, c * 36)
+    assert patch_grid_shape(h, w, 6) == (h - 5, w - 5)
+    # patch at grid (i, j), channel-major (c, row, col), minus its per-channel mean
+    i, j = 2, 3
+    raw = x[1 % n, :, i:i + 6, j:j + 6]
+    expected = (raw - raw.mean(dim=(1, 2), keepdim=True)).reshape(-1)
+    torch.testing.assert_close(p[1 % n, i, j], expected)
+    assert not empty.any()
+
+
+def test_patches_constant_are_empty():
+    x = torch.zeros(1, 3, 10, 10)
+    x[0, 0, :, 5:] = 1.0  # vertical edge in red only; patches away from it are constant per channel
+    x[0, 1] = 0.5
+    _, empty = extract_patches(x, 3)
+    assert empty[0, :, :3].all()            # columns 0-2: all-black red, constant green
+    assert not empty[0, :, 3:5].any()       # straddle the edge
+
+
+# ----------------------------------------------------------------- whitening
+def test_whitening_identity_covariance():
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(5, 5, generator=gen)
+    x = (torch.randn(20000, 5, generator=gen) @ mix).double()
+    w = Whitening(eps=1e-12)
+    for chunk in x.split(3000):  # streamed
+        w.partial_fit(chunk)
+    w.finalize()
+    z = x.numpy() @ w.whitening_
+    np.testing.assert_allclose(z.T @ z / len(z), np.eye(5), atol=1e-8)
+    np.testing.assert_allclose(w.whitening_, w.whitening_.T)  # ZCA is symmetric
+    np.testing.assert_allclose(w.whitening_ @ w.coloring_, np.eye(5), atol=1e-8)
+    out = w.transform(x.float())
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(len(x)), atol=1e-5, rtol=0)
+
+
+def test_whitening_eps_damps_small_directions():
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1e-3], [0.0, -1e-3]])
+    w = Whitening(eps=1e-3).partial_fit(x).finalize()
+    evals = np.array([0.5, 0.5e-6])
+    np.testing.assert_allclose(np.sort(np.diag(w.whitening_)), np.sort(1 / np.sqrt(evals + 1e-3))[::1], rtol=1e-6)
+
+
+# ----------------------------------------------------------------- dictionary (Algorithm 1)
+def _clusters(n_per, centres, noise, gen):
+    x = torch.cat([c + noise * torch.randn(n_per, c.shape[0], generator=gen) for c in centres])
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def test_dictionary_unit_atoms_and_finds_clusters():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(8)[:4] * 1.0
+    x = _clusters(2000, centres, 0.15, gen)
+    x = x[torch.randperm(len(x), generator=gen)]
+    d = OnlineDictionary(4, batch_size=256, lr=0.1, dead_every=20)
+    d.initialize(x[:4].clone(), seed=0)
+    for chunk in x.split(1000):
+        d.partial_fit(chunk)
+    d.flush()
+    atoms = d.dictionary_
+    torch.testing.assert_close(atoms.norm(dim=1), torch.ones(4))
+    # each true centre is matched by some atom at cosine > 0.95 after one epoch
+    assert (centres @ atoms.T).max(dim=1).values.min() > 0.95
+
+
+def test_dictionary_remainder_waits_for_flush():
+    d = OnlineDictionary(2, batch_size=10).initialize(torch.eye(3)[:2], seed=0)
+    d.partial_fit(torch.eye(3)[[0, 1, 2, 0, 1, 2, 0]])
+    assert d.n_steps_ == 0 and len(d._buffer) == 7
+    d.flush()
+    assert d.n_steps_ == 1 and len(d._buffer) == 0
+
+
+# ----------------------------------------------------------------- sparse coding
+def test_one_sparse_each_patch_goes_to_its_best_atom():
+    gen = torch.Generator().manual_seed(1)
+    phi = torch.nn.functional.normalize(torch.randn(50, 12, generator=gen), dim=1)
+    x = torch.nn.functional.normalize(torch.randn(300, 12, generator=gen), dim=1)
+    idx, val = sparse_code(x, phi, "one_sparse")
+    sims = x @ phi.T
+    assert idx.shape == (300, 1)
+    assert torch.equal(idx[:, 0], sims.argmax(dim=1))
+    assert (sims.gather(1, idx) >= sims.max(dim=1, keepdim=True).values).all()
+    assert torch.equal(val, torch.ones_like(val))
+
+
+def test_threshold_codes_match_definition():
+    gen = torch.Generator().manual_seed(2)
+    phi = torch.nn.functional.normalize(torch.randn(40, 6, generator=gen), dim=1)
+    x = torch.nn.functional.normalize(torch.randn(100, 6, generator=gen), dim=1)
+    idx, val = sparse_code(x, phi, "threshold", threshold=0.5)
+    sims = x @ phi.T
+    for i in range(len(x)):
+        active = set(idx[i][idx[i] >= 0].tolist())
+        assert active == set(torch.nonzero(sims[i] > 0.5)[:, 0].tolist())
+    assert torch.equal(val, (idx >= 0).float())
+    # l1 normalisation: coefficients of a code sum to one
+    _, v1 = sparse_code(x, phi, "threshold", threshold=0.5, code_norm="l1")
+    rows = (idx >= 0).any(dim=1)
+    torch.testing.assert_close(v1[rows].sum(dim=1), torch.ones(int(rows.sum())))
+
+
+def test_threshold_empty_code_rules_and_cap():
+    phi = torch.eye(4)
+    x = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.9, 0.1, 0.1, 0.0]])
+    idx, _ = sparse_code(x, phi, "threshold", threshold=0.6)
+    assert (idx[0] < 0).all() and idx[1].tolist()[0] == 0
+    idx, _ = sparse_code(x, phi, "threshold", threshold=0.6, empty_code="argmax")
+    assert idx[0][idx[0] >= 0].tolist() == [0]
+    idx, _ = sparse_code(x, phi, "threshold", threshold=0.05, max_active=2)
+    assert sorted(idx[1][idx[1] >= 0].tolist()) == [0, 1]
+    idx, _ = sparse_code(x, phi, "top_k", n_nonzero=3, empty=torch.tensor([True, False]))
+    assert (idx[0] < 0).all() and idx[1].tolist() == [0, 1, 2]
+
+
+# ----------------------------------------------------------------- statistics and solve
+def _random_codes(gen, b=3, h=5, w=6, m=2, k=7, p_empty=0.2):
+    idx = torch.randint(0, k, (b, h, w, m), generator=gen)
+    idx[..., 1:][torch.rand(b, h, w, m - 1, generator=gen) < 0.5] = -1  # variable code length
+    nonempty = torch.rand(b, h, w, generator=gen) > p_empty
+    idx[~nonempty] = -1
+    val = (idx >= 0).float() * (1 + torch.rand(b, h, w, m, generator=gen))
+    return idx, val, nonempty
+
+
+def _brute_force(idx, val, nonempty, k, context, order):
+    b, h, w, m = idx.shape
+    pos = [(i, y, x) for i in range(b) for y in range(h) for x in range(w)]
+    a = np.zeros((len(pos), k))
+    for r, (i, y, x) in enumerate(pos):
+        for j in range(m):
+            if idx[i, y, x, j] >= 0:
+                a[r, idx[i, y, x, j]] += val[i, y, x, j]
+    node = np.array([bool(nonempty[i, y, x]) for i, y, x in pos])
+    adj = np.zeros((len(pos), len(pos)))
+    for r, (i, y, x) in enumerate(pos):
+        for s, (i2, y2, x2) in enumerate(pos):
+            near = context == "image" or max(abs(y - y2), abs(x - x2)) <= context
+            if r != s and i == i2 and near and node[r] and node[s]:
+                adj[r, s] = 1
+    deg = adj.sum(1)
+    g = a[node].T @ a[node]
+    if order == 1:
+        mm = a.T @ (np.diag(deg) - adj) @ a
+    else:
+        keep = node & (deg > 0)
+        resid = a - (adj @ a) / np.maximum(deg, 1)[:, None]
+        mm = resid[keep].T @ resid[keep]
+    return g, mm, int(node.sum())
+
+
+@pytest.mark.parametrize("context", ["image", 1, 2])
+@pytest.mark.parametrize("order", [1, 2])
+def test_statistics_equal_brute_force(context, order):
+    gen = torch.Generator().manual_seed(3)
+    k = 7
+    idx, val, nonempty = _random_codes(gen, k=k)
+    stats = ContextStatistics(k, context, order)
+    stats.partial_fit(idx[:2], val[:2], nonempty[:2])  # batches add up
+    stats.partial_fit(idx[2:], val[2:], nonempty[2:])
+    g, mm, n = _brute_force(idx, val, nonempty, k, context, order)
+    np.testing.assert_allclose(stats.gram_.numpy(), g, atol=1e-9)
+    np.testing.assert_allclose(stats.context_.numpy(), mm, atol=1e-9)
+    assert stats.n_patches_ == n
+
+
+def test_solve_satisfies_constraint_and_objective():
+    gen = torch.Generator().manual_seed(4)
+    k = 12
+    idx, val, nonempty = _random_codes(gen, b=6, h=6, w=6, m=3, k=k, p_empty=0.1)
+    stats = ContextStatistics(k, 2, 1)
+    stats.partial_fit(idx, val, nonempty)
+    p, evals, skipped = solve_embedding(stats.gram_, stats.context_, stats.n_patches_, 5, n_skip=2)
+    assert p.shape == (5, k) and skipped.shape == (2, k)
+    v = stats.gram_.numpy() / stats.n_patches_
+    v_eps = v + np.eye(k) * 1e-6 * np.trace(v) / k
+    m = stats.context_.numpy() / stats.n_patches_
+    np.testing.assert_allclose(p @ v_eps @ p.T, np.eye(5), atol=1e-8)       # P V P^T = I
+    np.testing.assert_allclose(np.trace(p @ m @ p.T), evals.sum(), rtol=1e-8)  # objective = sum of kept eigenvalues
+    full = scipy.linalg.eigh(m, v_eps, eigvals_only=True)
+    np.testing.assert_allclose(evals, full[2:7], rtol=1e-7, atol=1e-10)      # the slowest after the skipped
+    assert (np.diff(evals) >= 0).all()
+    pivots = np.abs(p).argmax(axis=1)
+    assert (p[np.arange(5), pivots] > 0).all()                                # sign convention
+
+
+def test_solve_drops_unused_atoms():
+    gen = torch.Generator().manual_seed(5)
+    idx, val, nonempty = _random_codes(gen, b=4, h=6, w=6, m=1, k=6)
+    stats = ContextStatistics(9, "image", 1)  # atoms 6-8 never used
+    stats.partial_fit(idx, val, nonempty)
+    p, _, _ = solve_embedding(stats.gram_, stats.context_, stats.n_patches_, 3)
+    assert np.all(p[:, 6:] == 0) and np.all(np.isfinite(p))
+    with pytest.raises(ValueError, match="exceeds the 6 atoms"):
+        solve_embedding(stats.gram_, stats.context_, stats.n_patches_, 6, n_skip=1)
+
+
+def test_one_sparse_constant_direction_has_zero_cost():
+    gen = torch.Generator().manual_seed(6)
+    idx, _, nonempty = _random_codes(gen, b=4, h=6, w=6, m=1, k=5, p_empty=0.0)
+    stats = ContextStatistics(5, 1, 1).partial_fit(idx, (idx >= 0).float(), nonempty)
+    _, _, skipped = solve_embedding(stats.gram_, stats.context_, stats.n_patches_, 2, n_skip=1)
+    const = skipped[0] / skipped[0].max()
+    np.testing.assert_allclose(const, np.ones(5), atol=1e-6)
+
+
+# ----------------------------------------------------------------- pooling
+def test_pooling_by_hand():
+    beta = torch.zeros(1, 2, 5, 5)
+    beta[0, 0, :4, :4] = 1.0
+    beta[0, 1, 3:, 3:] = 2.0   # the first window (rows 0-3, cols 0-3) holds one of these, at (3, 3)
+    z = pool_embeddings(beta, 4, 1).view(1, 2, 2, 2)
+    torch.testing.assert_close(z[0, :, 0, 0], torch.tensor([1.0, 1 / 8]) / np.hypot(1.0, 1 / 8))
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(1, 2, 2))
+    assert pool_embeddings(torch.zeros(2, 3, 23, 23)).shape == (2, 3 * 10 * 10)
