@@ -1,5 +1,7 @@
 """smt: the Sparse Manifold Transform, a white-box, one-pass unsupervised representation."""
+from smt.datasets import load_mnist
 from smt.image import SMT
+from smt.knn import StreamingKNN, knn_accuracy
 
 __version__ = "0.1.0"
-__all__ = ["SMT"]
+__all__ = ["SMT", "StreamingKNN", "knn_accuracy", "load_mnist"]

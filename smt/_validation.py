@@ -80,7 +80,11 @@ def _stack_list(images):
 
 def to_batch(images, device):
     """Slice of validated images -> float32 tensor (n, C, H, W) in [0, 1] on ``device``."""
-    t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        images = np.ascontiguousarray(images)
+        # torch cannot wrap a read-only buffer (e.g. a memmap): copy this batch only.
+        images = torch.from_numpy(images if images.flags.writeable else images.copy())
+    t = images
     t = t.to(device)
     scale = 255.0 if t.dtype == torch.uint8 else 1.0
     t = t.to(torch.float32)

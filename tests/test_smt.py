@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 
@@ -61,16 +61,6 @@ def test_torch_in_torch_out(fitted, digits):
     z = fitted.transform(t)
     assert isinstance(z, torch.Tensor) and z.shape == (5, fitted.n_features_out_)
     np.testing.assert_allclose(z.numpy(), fitted.transform(X[:5].astype(np.float32)), atol=1e-6)
-
-
-def test_beats_raw_pixels_on_digits(digits):
-    X, y = digits
-    xtr, xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
-    model = SMT(patch_size=3, n_atoms=128, coding="one_sparse", n_components=16, context=1,
-                pool_size=3, pool_stride=1, dict_batch_size=1024, random_state=0)
-    smt_acc = knn_accuracy(model.fit_transform(xtr), ytr, model.transform(xte), yte, k=10)["top1"]
-    raw_acc = knn_accuracy(xtr.reshape(len(xtr), -1), ytr, xte.reshape(len(xte), -1), yte, k=10)["top1"]
-    assert smt_acc > raw_acc, (smt_acc, raw_acc)
 
 
 def test_pipeline_and_grid_search(digits):
