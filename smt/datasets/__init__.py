@@ -1,11 +1,13 @@
 """Data set loaders.
 
 Each loader finds its files under ``root``, else ``$SMT_DATA``, else
-``~/.cache/smt`` (one sub-folder per data set, e.g. ``mnist/``), checks them
-against the official MD5s and, with ``download=True``, downloads missing ones
-from the official sources. See :mod:`smt.datasets._base`.
+``~/.cache/smt`` (one sub-folder per data set: ``mnist/``, ``cifar10/``,
+``cifar100/``), checks them against the official MD5s and, with
+``download=True``, downloads missing ones from the official sources. See
+:mod:`smt.datasets._base`.
 """
 
+from .cifar import load_cifar10, load_cifar100
 from .mnist import load_mnist
 
-__all__ = ["load_mnist"]
+__all__ = ["load_mnist", "load_cifar10", "load_cifar100"]

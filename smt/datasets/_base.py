@@ -8,7 +8,8 @@ Every loader in :mod:`smt.datasets` finds its files the same way:
    but a folder that directly holds a data set's files works too;
 2. each file is obtained with :func:`fetch`, which checks its MD5 against the
    official value and, when the file is missing and downloading is allowed,
-   downloads it from the official mirrors.
+   downloads it from the official mirrors (files of an already extracted
+   archive are checked with :func:`check_md5`).
 
 A corrupted or wrong file is never used silently: an MD5 mismatch raises
 ``ValueError``. A missing file that cannot be downloaded raises
@@ -28,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["DATA_ENV", "DownloadError", "data_home", "md5sum", "fetch"]
+__all__ = ["DATA_ENV", "DownloadError", "data_home", "md5sum", "check_md5", "fetch"]
 
 #: Environment variable naming the data root (a folder holding ``mnist/`` etc.).
 DATA_ENV = "SMT_DATA"
@@ -56,6 +57,7 @@ def data_home(
     root: str | os.PathLike | None = None,
     name: str | None = None,
     files: Iterable[str] = (),
+    dirs: Iterable[str] = (),
 ) -> Path:
     """Resolve the folder that holds a data set.
 
@@ -70,6 +72,9 @@ def data_home(
     files : iterable of str, optional
         File names of the data set. Used to accept a folder that directly
         holds the files (see below).
+    dirs : iterable of str, optional
+        Folder names of the data set (e.g. an extracted archive,
+        ``"cifar-10-batches-py"``), used like ``files``.
 
     Returns
     -------
@@ -78,8 +83,9 @@ def data_home(
         / ``~/.cache/smt``:
 
         1. ``base / name`` if that folder exists;
-        2. ``base`` if any of ``files`` is directly in it (a root that holds
-           the files itself, e.g. ``root="/data/mnist"``);
+        2. ``base`` if any of ``files`` is directly in it, or any of ``dirs``
+           is a folder directly in it (a root that holds the files itself,
+           e.g. ``root="/data/mnist"``);
         3. otherwise ``base / name`` (which may not exist yet: it is where a
            download will put the files).
 
@@ -94,7 +100,7 @@ def data_home(
     sub = base / name
     if sub.is_dir():
         return sub
-    if any((base / f).is_file() for f in files):
+    if any((base / f).is_file() for f in files) or any((base / d).is_dir() for d in dirs):
         return base
     return sub
 
@@ -113,6 +119,47 @@ def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def _as_list(x: str | Iterable[str]) -> list[str]:
     return [x] if isinstance(x, str) else list(x)
+
+
+_REPLACE_ADVICE = (
+    "delete it (it is downloaded again when download=True) or replace it with the official file."
+)
+
+
+def check_md5(
+    path: str | os.PathLike,
+    md5s: str | Iterable[str],
+    advice: str = _REPLACE_ADVICE,
+) -> None:
+    """Raise ``ValueError`` unless the file's MD5 is one of ``md5s``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An existing file.
+    md5s : str or iterable of str
+        Accepted MD5 digests (hex, any case). Empty means no check (and the
+        file is not read).
+    advice : str, optional
+        How to fix a mismatch; ends the error message.
+
+    Raises
+    ------
+    ValueError
+        The MD5 is not one of ``md5s``. The message names the file and gives
+        the MD5 found and the accepted ones.
+    """
+    path = Path(path)
+    md5s = [m.lower() for m in _as_list(md5s)]
+    if not md5s:
+        return
+    digest = md5sum(path)
+    if digest not in md5s:
+        raise ValueError(
+            f"{path.name}: md5 mismatch for {path}: found {digest}, expected "
+            f"{' or '.join(md5s)}. The file is corrupted, truncated or not the "
+            f"official one; {advice}"
+        )
 
 
 def _fix_hint(filename: str, folder: Path) -> str:
@@ -191,14 +238,7 @@ def fetch(
     full_urls = [u + filename if u.endswith("/") else u for u in _as_list(urls)]
 
     if path.is_file():
-        digest = md5sum(path)
-        if md5s and digest not in md5s:
-            raise ValueError(
-                f"{filename}: md5 mismatch for {path}: found {digest}, expected "
-                f"{' or '.join(md5s)}. The file is corrupted, truncated or not the "
-                f"official one; delete it (it is downloaded again when download=True) "
-                f"or replace it with the official file."
-            )
+        check_md5(path, md5s)
         return path
 
     if not download:
