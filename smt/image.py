@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from smt._device import resolve_device
 from smt._validation import as_images, to_batch
+from smt.augment import gray_views
 from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, sparse_code
 from smt.dictionary import OnlineDictionary
 from smt.patches import extract_patches, patch_grid_shape
@@ -76,6 +77,11 @@ class SMT(TransformerMixin, BaseEstimator):
         Run Algorithm 1 on the patches of a random subset of images holding about this many
         patches (None: all).
     pool_size, pool_stride : int, default=4, 2
+    grayscale_augmentation : {None, "paired", "independent"}, default=None
+        RGB only. Fit on every training image and its gray copy (ITU-R 601 luma, replicated to
+        3 channels): ``"paired"`` makes the two one context, so the objective learns colour
+        invariance; ``"independent"`` adds the gray copies as extra images. ``transform`` is
+        unchanged (colour images in, no copies).
     normalize_output : bool, default=False
         L2-normalise each output vector (the kNN does this itself).
     batch_size : int, default=256
@@ -127,7 +133,8 @@ class SMT(TransformerMixin, BaseEstimator):
     def __init__(self, patch_size=6, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
                  max_active=None, empty_code="zero", code_norm=None, n_components=384, n_skip=1,
                  context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
-                 dict_lr=0.1, dict_max_patches=None, pool_size=4, pool_stride=2, normalize_output=False,
+                 dict_lr=0.1, dict_max_patches=None, pool_size=4, pool_stride=2, grayscale_augmentation=None,
+                 normalize_output=False,
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
                  checkpoint_every=50):
         self.patch_size = patch_size
@@ -149,6 +156,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self.dict_max_patches = dict_max_patches
         self.pool_size = pool_size
         self.pool_stride = pool_stride
+        self.grayscale_augmentation = grayscale_augmentation
         self.normalize_output = normalize_output
         self.batch_size = batch_size
         self.device = device
@@ -287,7 +295,7 @@ class SMT(TransformerMixin, BaseEstimator):
             # patches (the K smallest of independent uniform keys) to start the dictionary from.
             for b in self._batches(n, run, "whitening"):
                 idx = np.arange(b, min(b + self.batch_size, n))
-                patches, empty = extract_patches(to_batch(images[idx], device), self.patch_size)
+                patches, empty = extract_patches(self._views(images[idx], device), self.patch_size)
                 white.partial_fit(patches)
                 cand = patches[~empty]
                 keys = torch.as_tensor(np.random.default_rng([run["seed"], 0, b]).random(len(cand)),
@@ -320,7 +328,7 @@ class SMT(TransformerMixin, BaseEstimator):
                 order = np.random.default_rng([run["seed"], 1, run["epoch"]]).permutation(n)[:n_dict]
                 for b in self._batches(n_dict, run, f"dictionary epoch {run['epoch'] + 1}"):
                     idx = np.sort(order[b:b + self.batch_size])
-                    patches, empty = extract_patches(to_batch(images[idx], device), self.patch_size)
+                    patches, empty = extract_patches(self._views(images[idx], device), self.patch_size)
                     x = white.transform(patches[~empty])
                     shuffle = np.random.default_rng([run["seed"], 2, run["epoch"], b]).permutation(len(x))
                     dictionary.partial_fit(x[torch.as_tensor(shuffle, device=device)])
@@ -341,9 +349,9 @@ class SMT(TransformerMixin, BaseEstimator):
         phi = torch.as_tensor(self.dictionary_, device=device)
         n_active = n_coded = n_nodes = 0
         for b in self._batches(len(images), run, "statistics"):
-            patches, empty = extract_patches(to_batch(images[b:b + self.batch_size], device), self.patch_size)
+            patches, empty = extract_patches(self._views(images[b:b + self.batch_size], device), self.patch_size)
             idx, val = self._code(patches, empty, phi, device)
-            stats.partial_fit(idx, val, ~empty)
+            stats.partial_fit(idx, val, ~empty, n_views=2 if self.grayscale_augmentation == "paired" else 1)
             active = (idx >= 0).sum(-1)[~empty]
             n_active += int(active.sum())
             n_coded += int((active > 0).sum())
@@ -361,6 +369,11 @@ class SMT(TransformerMixin, BaseEstimator):
             stats.gram_, stats.context_, stats.n_patches_, self.n_components, self.n_skip, device)
         self.atom_usage_ = (stats.usage_ / stats.n_patches_).cpu().numpy()
         self.__dict__.pop("_cache", None)
+
+    def _views(self, images, device):
+        """A slice of training images as the batch the fit sees: with their gray copies, if asked."""
+        batch = to_batch(images, device)
+        return batch if self.grayscale_augmentation is None else gray_views(batch)
 
     # ------------------------------------------------------------------ encoding
     def _code(self, patches, empty, phi, device):
@@ -417,6 +430,8 @@ class SMT(TransformerMixin, BaseEstimator):
             (isinstance(self.dict_epochs, (int, np.integer)) and self.dict_epochs >= 0, "dict_epochs must be an int >= 0"),
             (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1, "batch_size must be an int >= 1"),
             (self.pool_size >= 1 and self.pool_stride >= 1, "pool_size and pool_stride must be >= 1"),
+            (self.grayscale_augmentation in (None, "paired", "independent"),
+             "grayscale_augmentation must be None, 'paired' or 'independent'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -426,6 +441,8 @@ class SMT(TransformerMixin, BaseEstimator):
         images = as_images(X)
         _, h, w, c = images.shape
         if reset:
+            if self.grayscale_augmentation is not None and c != 3:
+                raise ValueError(f"grayscale_augmentation needs RGB images (3 channels), got {c} channel(s)")
             p = self.patch_size
             if h < p or w < p:
                 raise ValueError(f"images of {h}x{w} are smaller than a {p}x{p} patch")

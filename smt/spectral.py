@@ -29,24 +29,37 @@ def _add_pairs(target, n_atoms, ia, va, ib, vb):
         target.index_add_(0, key[valid], weight[valid])
 
 
-def _neighbour_codes(indices, values, nonempty, radius):
+def _neighbour_codes(indices, values, nonempty, radius, n_views=1):
     """Codes of every patch's neighbours within ``radius`` (Chebyshev distance) on the grid.
 
-    indices, values : (B, H', W', m); nonempty : (B, H', W') bool.
-    Returns neighbour indices and values of shape (B, H', W', (2r+1)^2 - 1, m) and the degree
-    (number of non-empty neighbours) of shape (B, H', W').
+    indices, values : (V*B, H', W', m); nonempty : (V*B, H', W') bool, laid out view-major: image
+    ``v * B + s`` is view v of scene s. A patch's neighbours are the patches within ``radius`` in
+    every view of its scene, itself excluded (so the same position in another view is one).
+    Returns neighbour indices and values of shape (V*B, H', W', V (2r+1)^2 - 1, m) and the degree
+    (number of non-empty neighbours) of shape (V*B, H', W').
     """
     b, h, w, m = indices.shape
     r = radius
     pad_i = F.pad(indices.permute(0, 3, 1, 2), (r, r, r, r), value=-1)
     pad_v = F.pad(values.permute(0, 3, 1, 2), (r, r, r, r), value=0.0)
     pad_n = F.pad(nonempty[:, None].to(torch.float32), (r, r, r, r))[:, 0]
-    offsets = [(dy, dx) for dy in range(2 * r + 1) for dx in range(2 * r + 1) if (dy, dx) != (r, r)]
+    offsets = [(dy, dx) for dy in range(2 * r + 1) for dx in range(2 * r + 1)]
+    centre = offsets.index((r, r))
+    # (B_all, m, H', W', n_off) -> (V, B, H', W', n_off, m)
     n_idx = torch.stack([pad_i[:, :, dy:dy + h, dx:dx + w] for dy, dx in offsets], dim=-1)
     n_val = torch.stack([pad_v[:, :, dy:dy + h, dx:dx + w] for dy, dx in offsets], dim=-1)
-    degree = sum(pad_n[:, dy:dy + h, dx:dx + w] for dy, dx in offsets)
-    # (B, m, H', W', n_off) -> (B, H', W', n_off, m)
-    return n_idx.permute(0, 2, 3, 4, 1), n_val.permute(0, 2, 3, 4, 1), degree
+    n_node = torch.stack([pad_n[:, dy:dy + h, dx:dx + w] for dy, dx in offsets], dim=-1)
+    n_idx = n_idx.permute(0, 2, 3, 4, 1).reshape(n_views, b // n_views, h, w, len(offsets), m)
+    n_val = n_val.permute(0, 2, 3, 4, 1).reshape(n_views, b // n_views, h, w, len(offsets), m)
+    n_node = n_node.reshape(n_views, b // n_views, h, w, len(offsets))
+    others = [i for i in range(len(offsets)) if i != centre]
+    out_i, out_v, out_d = [], [], []
+    for v in range(n_views):
+        parts = [(u, slice(None) if u != v else others) for u in range(n_views)]
+        out_i.append(torch.cat([n_idx[u][..., sel, :] for u, sel in parts], dim=-2))
+        out_v.append(torch.cat([n_val[u][..., sel, :] for u, sel in parts], dim=-2))
+        out_d.append(sum(n_node[u][..., sel].sum(-1) for u, sel in parts))
+    return torch.cat(out_i), torch.cat(out_v), torch.cat(out_d)
 
 
 class ContextStatistics:
@@ -100,16 +113,20 @@ class ContextStatistics:
     def context_(self):
         return self._context.view(self.n_atoms, self.n_atoms)
 
-    def partial_fit(self, indices, values, nonempty):
+    def partial_fit(self, indices, values, nonempty, n_views=1):
         """Add the statistics of a batch of images.
 
         Parameters
         ----------
-        indices : torch.Tensor of shape (B, H', W', m), int64
+        indices : torch.Tensor of shape (V*B, H', W', m), int64
             Sparse codes on the patch grid (-1 pads).
-        values : torch.Tensor of shape (B, H', W', m)
-        nonempty : torch.Tensor of shape (B, H', W'), bool
+        values : torch.Tensor of shape (V*B, H', W', m)
+        nonempty : torch.Tensor of shape (V*B, H', W'), bool
             Graph nodes (non-constant patches).
+        n_views : int, default=1
+            Views per scene, laid out view-major (image ``v * B + s`` is view v of scene s), e.g. an
+            image and its gray copy. The views of a scene form one context: a patch's neighbours
+            are the patches near it in every view, so the objective pulls the views together.
         """
         if self.order not in ORDERS:
             raise ValueError(f"order must be 1 or 2, got {self.order!r}")
@@ -117,6 +134,8 @@ class ContextStatistics:
             self._init()
         k = self.n_atoms
         b, h, w, m = indices.shape
+        if b % n_views:
+            raise ValueError(f"{b} images do not split into {n_views} views of equal count")
         flat_i, flat_v = indices.reshape(-1, m), values.reshape(-1, m)
         nodes = nonempty.reshape(-1)
         _add_pairs(self._gram, k, flat_i[nodes], flat_v[nodes], flat_i[nodes], flat_v[nodes])
@@ -125,14 +144,23 @@ class ContextStatistics:
         self.usage_ += torch.bincount(used, minlength=k).to(torch.float64)
         self.n_patches_ += int(nodes.sum())
         self.n_images_ += b
+        scenes = b // n_views
         if self.context == "image":
-            self._add_whole_image(indices, values, nonempty)
+            # Position plays no part in a whole-image context: a scene's views stacked along the
+            # height are one image.
+            def stack(t):
+                return t.reshape(n_views, scenes, h, w, *t.shape[3:]).transpose(0, 1).reshape(
+                    scenes, n_views * h, w, *t.shape[3:])
+            self._add_whole_image(stack(indices), stack(values), stack(nonempty))
         else:
-            # Neighbour lists cost (2r+1)^2 * m per patch: walk the batch in slices.
-            per_image = h * w * ((2 * self.context + 1) ** 2 - 1) * m
-            step = max(1, (_MAX_PAIRS // 4) // per_image)
-            for i in range(0, b, step):
-                self._add_window(indices[i:i + step], values[i:i + step], nonempty[i:i + step])
+            # Neighbour lists cost V (2r+1)^2 * m per patch: walk the batch in slices of scenes.
+            per_scene = n_views * h * w * (n_views * (2 * self.context + 1) ** 2 - 1) * m
+            step = max(1, (_MAX_PAIRS // 4) // per_scene)
+
+            def part(t, i):
+                return t.reshape(n_views, scenes, *t.shape[1:])[:, i:i + step].reshape(-1, *t.shape[1:])
+            for i in range(0, scenes, step):
+                self._add_window(part(indices, i), part(values, i), part(nonempty, i), n_views)
         return self
 
     def _add_whole_image(self, indices, values, nonempty):
@@ -163,9 +191,9 @@ class ContextStatistics:
         else:
             self._context -= (sums.T @ sums).reshape(-1)
 
-    def _add_window(self, indices, values, nonempty):
+    def _add_window(self, indices, values, nonempty, n_views):
         k = self.n_atoms
-        n_idx, n_val, degree = _neighbour_codes(indices, values, nonempty, self.context)
+        n_idx, n_val, degree = _neighbour_codes(indices, values, nonempty, self.context, n_views)
         node = nonempty & (degree > 0)
         ai, av = indices[node], values[node].to(torch.float64)
         ni, nv = n_idx[node].flatten(1), n_val[node].flatten(1).to(torch.float64)

@@ -131,11 +131,11 @@ def test_checkpoint_resume_gives_same_model(digits, tmp_path, monkeypatch):
         from smt.spectral import ContextStatistics
         real = ContextStatistics.partial_fit
 
-        def counting(stats, *a):
+        def counting(stats, *a, **kw):
             calls["n"] += 1
             if calls["n"] > 3:
                 raise KeyboardInterrupt
-            return real(stats, *a)
+            return real(stats, *a, **kw)
         monkeypatch.setattr(ContextStatistics, "partial_fit", counting)
         try:
             return original(self, images, run, stages, device)
@@ -169,3 +169,41 @@ def test_verbose_shows_progress(digits, capsys):
     small_smt(verbose=True).fit(X[:200])
     err = capsys.readouterr().err
     assert "SMT whitening" in err and "SMT statistics" in err
+
+
+def _tinted(X, seed=0):
+    """Digits painted in a random colour on a random darker background: colour is a nuisance."""
+    rng = np.random.default_rng(seed)
+    colour, background = rng.random((len(X), 1, 1, 3)), 0.5 * rng.random((len(X), 1, 1, 3))
+    return (X[..., None] * colour + (1 - X[..., None]) * background).astype(np.float32)
+
+
+def _mean_cosine(a, b):
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean())
+
+
+def test_paired_grayscale_augmentation_learns_colour_invariance(digits):
+    from smt.augment import to_grayscale
+    X = _tinted(digits[0][:600])
+    gray = to_grayscale(X)
+    similarity = {}
+    for aug in (None, "paired"):
+        model = small_smt(grayscale_augmentation=aug, n_atoms=64).fit(X[:400])
+        z = model.transform(X[400:])
+        assert z.shape == (200, model.n_features_out_)
+        similarity[aug] = _mean_cosine(z, model.transform(gray[400:]))
+    # an image and its gray copy are one context: their embeddings move together
+    assert similarity["paired"] > similarity[None] + 0.2, similarity
+    with pytest.raises(ValueError, match="RGB"):
+        small_smt(grayscale_augmentation="paired").fit(digits[0][:100])
+
+
+def test_add_mirrors_and_to_grayscale():
+    from smt.augment import add_mirrors, to_grayscale
+    X = np.arange(2 * 2 * 3 * 3, dtype=np.uint8).reshape(2, 2, 3, 3)
+    X2, y2 = add_mirrors(X, [4, 7])
+    assert X2.shape == (4, 2, 3, 3) and y2.tolist() == [4, 7, 4, 7]
+    np.testing.assert_array_equal(X2[2, :, 0], X[0, :, 2])
+    g = to_grayscale(np.array([[[[255, 0, 0], [10, 20, 30]]]], dtype=np.uint8))
+    assert g.dtype == np.uint8 and g[0, 0, 0].tolist() == [76, 76, 76]  # 0.299 * 255 = 76.2
+    assert g[0, 0, 1].tolist() == [round(0.299 * 10 + 0.587 * 20 + 0.114 * 30)] * 3

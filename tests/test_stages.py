@@ -143,8 +143,9 @@ def _random_codes(gen, b=3, h=5, w=6, m=2, k=7, p_empty=0.2):
     return idx, val, nonempty
 
 
-def _brute_force(idx, val, nonempty, k, context, order):
+def _brute_force(idx, val, nonempty, k, context, order, n_views=1):
     b, h, w, m = idx.shape
+    scene = [i % (b // n_views) for i in range(b)]  # view-major layout
     pos = [(i, y, x) for i in range(b) for y in range(h) for x in range(w)]
     a = np.zeros((len(pos), k))
     for r, (i, y, x) in enumerate(pos):
@@ -156,7 +157,7 @@ def _brute_force(idx, val, nonempty, k, context, order):
     for r, (i, y, x) in enumerate(pos):
         for s, (i2, y2, x2) in enumerate(pos):
             near = context == "image" or max(abs(y - y2), abs(x - x2)) <= context
-            if r != s and i == i2 and near and node[r] and node[s]:
+            if r != s and scene[i] == scene[i2] and near and node[r] and node[s]:
                 adj[r, s] = 1
     deg = adj.sum(1)
     g = a[node].T @ a[node]
@@ -182,6 +183,24 @@ def test_statistics_equal_brute_force(context, order):
     np.testing.assert_allclose(stats.gram_.numpy(), g, atol=1e-9)
     np.testing.assert_allclose(stats.context_.numpy(), mm, atol=1e-9)
     assert stats.n_patches_ == n
+
+
+@pytest.mark.parametrize("context", ["image", 1])
+@pytest.mark.parametrize("order", [1, 2])
+def test_statistics_of_paired_views_equal_brute_force(context, order):
+    # An image and its copy (e.g. gray) form one context: patches near each other in either view
+    # are neighbours, the same position in the other view included.
+    gen = torch.Generator().manual_seed(7)
+    k = 6
+    idx, val, nonempty = _random_codes(gen, b=4, h=4, w=5, k=k)
+    stats = ContextStatistics(k, context, order).partial_fit(idx, val, nonempty, n_views=2)
+    g, mm, n = _brute_force(idx, val, nonempty, k, context, order, n_views=2)
+    # the brute force sums float32 values: equal to float32 precision
+    np.testing.assert_allclose(stats.gram_.numpy(), g, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats.context_.numpy(), mm, rtol=1e-6, atol=1e-9)
+    assert stats.n_patches_ == n
+    with pytest.raises(ValueError, match="views"):
+        stats.partial_fit(idx[:3], val[:3], nonempty[:3], n_views=2)
 
 
 def test_solve_satisfies_constraint_and_objective():
