@@ -17,9 +17,36 @@ _MAX_PAIRS = 1 << 24
 
 
 def _add_pairs(target, n_atoms, ia, va, ib, vb):
-    """target[a, b] += sum_n sum_{p, q} va[n, p] vb[n, q] for a = ia[n, p], b = ib[n, q] (pads are -1)."""
+    """target[a, b] += sum_n sum_{p, q} va[n, p] vb[n, q] for a = ia[n, p], b = ib[n, q] (pads are -1).
+
+    Rows are grouped by their number of valid entries (rounded up to a power of two) so the
+    work follows the real pair count, not the widest row of the batch: threshold codes vary from
+    a few to hundreds of atoms per patch.
+    """
     if ia.shape[0] == 0:
         return
+    ia, va, wa = _compact(ia, va)
+    ib, vb, wb = _compact(ib, vb)
+    group = wa * (ib.shape[1] + 1) + wb
+    for g in torch.unique(group[(wa > 0) & (wb > 0)]).tolist():
+        rows = torch.nonzero(group == g)[:, 0]
+        a_w, b_w = divmod(g, ib.shape[1] + 1)
+        _add_padded_pairs(target, n_atoms, ia[rows, :a_w], va[rows, :a_w], ib[rows, :b_w], vb[rows, :b_w])
+
+
+def _compact(idx, val):
+    """Move each row's valid entries (idx >= 0) first; also return the row widths rounded up to a
+    power of two (0 for an empty row)."""
+    valid = idx >= 0
+    count = valid.sum(1)
+    if not bool(valid.all()):
+        order = (~valid).to(torch.uint8).argsort(dim=1, stable=True)
+        idx, val = idx.gather(1, order), val.gather(1, order)
+    width = torch.where(count > 0, 2 ** torch.ceil(torch.log2(count.clamp(min=1).double())).long(), 0)
+    return idx, val, width.clamp(max=idx.shape[1])
+
+
+def _add_padded_pairs(target, n_atoms, ia, va, ib, vb):
     rows = max(1, _MAX_PAIRS // (ia.shape[1] * ib.shape[1]))
     for i in range(0, ia.shape[0], rows):
         a, b = ia[i:i + rows], ib[i:i + rows]

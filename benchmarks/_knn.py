@@ -1,0 +1,117 @@
+"""The kNN benchmark shared by ``knn_mnist.py`` and ``knn_cifar.py``: fit SMT on the training
+images, embed train and test, score the paper's weighted kNN, and print the time and peak
+memory of each stage."""
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import StageMeter  # noqa: E402
+
+from smt import SMT  # noqa: E402
+from smt._device import resolve_device  # noqa: E402
+from smt.augment import add_mirrors  # noqa: E402
+from smt.knn import knn_accuracy  # noqa: E402
+
+
+def parser(doc, **defaults):
+    """Command-line options of a kNN benchmark; ``defaults`` are the data set's settings."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="data root holding the data set folder (default: $SMT_DATA)")
+    ap.add_argument("--n-train", type=int, default=None, help="first N training images (default: all)")
+    ap.add_argument("--n-test", type=int, default=None, help="first N test images (default: all)")
+    ap.add_argument("--n-atoms", type=int)
+    ap.add_argument("--coding")
+    ap.add_argument("--threshold", type=float, default=0.3)
+    ap.add_argument("--n-nonzero", type=int, default=1)
+    ap.add_argument("--max-active", type=int, default=None)
+    ap.add_argument("--n-components", type=int)
+    ap.add_argument("--n-skip", type=int, default=1)
+    ap.add_argument("--context", help="'image' or a radius in patches")
+    ap.add_argument("--order", type=int, default=1)
+    ap.add_argument("--whiten-eps", type=float, default=1e-3)
+    ap.add_argument("--dict-epochs", type=int, default=1)
+    ap.add_argument("--dict-max-patches", type=int, default=None)
+    ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
+                    choices=["paired", "independent"], help="fit on gray copies too (default variant: paired)")
+    ap.add_argument("--flips", action="store_true",
+                    help="fit on train + mirrored train; the mirrors join the kNN reference set")
+    ap.add_argument("--k", type=int, default=30)
+    ap.add_argument("--temperature", type=float, default=0.03)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", default=None, help="checkpoint file for the fit (resumes when present)")
+    ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
+    ap.set_defaults(**defaults)
+    return ap
+
+
+def run(args, load, name, paper):
+    """Run the benchmark.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        From :func:`parser`.
+    load : callable
+        ``load(root, split) -> (images, labels)``.
+    name : str
+        Printed with the result.
+    paper : str
+        The paper's number(s), printed next to the result.
+
+    Returns
+    -------
+    dict
+        ``{"top1": ..., "top5": ...}``.
+    """
+    context = args.context if args.context == "image" else int(args.context)
+    meter = StageMeter()
+    with meter.stage("load"):
+        x_train, y_train = load(args.data, "train")
+        x_test, y_test = load(args.data, "test")
+        x_train, y_train = x_train[:args.n_train], y_train[:args.n_train]
+        x_test, y_test = x_test[:args.n_test], y_test[:args.n_test]
+        if args.flips:
+            x_train, y_train = add_mirrors(x_train, y_train)
+    model = SMT(patch_size=6, n_atoms=args.n_atoms, coding=args.coding, threshold=args.threshold,
+                n_nonzero=args.n_nonzero, max_active=args.max_active, n_components=args.n_components,
+                n_skip=args.n_skip, context=context, order=args.order, whiten_eps=args.whiten_eps,
+                dict_epochs=args.dict_epochs, dict_max_patches=args.dict_max_patches,
+                grayscale_augmentation=args.grayscale_aug, batch_size=args.batch_size, device=args.device,
+                random_state=args.seed, verbose=True, checkpoint_path=args.checkpoint)
+    with meter.stage("fit"):
+        model.fit(x_train)
+    with meter.stage("embed test"):
+        z_test = model.transform(x_test)
+    chunk = 5000
+
+    def train_chunks():  # the training embeddings stream through the kNN, never all in memory
+        for i in range(0, len(x_train), chunk):
+            yield model.transform(x_train[i:i + chunk]), y_train[i:i + chunk]
+
+    with meter.stage("embed train + kNN"):
+        acc = knn_accuracy(train_chunks(), None, z_test, y_test, k=args.k, temperature=args.temperature)
+
+    fitted_on = f"train {len(x_train)}" + (" (with mirrors)" if args.flips else "")
+    print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
+          f"embedding {model.n_features_out_}")
+    print(json.dumps({k: round(v, 3) for k, v in model.fit_stats_.items()}))
+    print(meter.table())
+    print(f"top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}   (paper: {paper})")
+    if args.json:
+        row = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} {torch.get_num_threads()} threads",
+               "device": str(resolve_device(args.device)),
+               "args": vars(args), "top1": acc["top1"], "top5": acc["top5"], "fit_stats": model.fit_stats_,
+               "stages": meter.rows, "n_features_out": int(model.n_features_out_),
+               "atom_usage_nonzero": int(np.count_nonzero(model.atom_usage_))}
+        with open(args.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return acc
