@@ -1,0 +1,30 @@
+"""The benchmark scripts run end to end on a few real images (full-size runs are recorded in
+benchmarks/RESULTS.md, not tested)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+TINY = ["--n-train", "300", "--n-test", "100", "--n-atoms", "64", "--n-components", "8"]
+
+
+def test_knn_mnist_script(data_root, tmp_path, capsys):
+    import knn_mnist
+    acc = knn_mnist.main(["--data", data_root, *TINY, "--json", str(tmp_path / "r.jsonl")])
+    out = capsys.readouterr().out
+    assert "top-1" in out and "peak GiB" in out
+    row = json.loads((tmp_path / "r.jsonl").read_text())
+    assert row["top1"] == acc["top1"] and 50 < acc["top1"] <= 100  # 10 classes: chance is 10
+
+
+def test_knn_cifar_script_with_augmentations(data_root, capsys):
+    if not (Path(data_root) / "cifar10").exists():
+        pytest.skip("no CIFAR-10 copy")
+    import knn_cifar
+    acc = knn_cifar.main(["--data", data_root, *TINY, "--grayscale-aug", "--flips"])
+    out = capsys.readouterr().out
+    assert "train 600 (with mirrors)" in out and "paper: 83.2" in out
+    assert 0 <= acc["top1"] <= 100
