@@ -14,6 +14,10 @@ ORDERS = (1, 2)
 
 # Bound on the number of (atom, atom) pairs scattered at once: 2**24 pairs = 128 MiB of keys.
 _MAX_PAIRS = 1 << 24
+# scipy's subset solver (gvx) is the fastest on CPU up to here (8192 atoms: ~20 s on 2 cores), but
+# the OpenBLAS that scipy wheels bundle segfaults on it at 16384 atoms (benchmarks/RESULTS.md):
+# larger problems go through torch's LAPACK (Cholesky + full eigh), as on CUDA.
+_SCIPY_MAX_ATOMS = 8192
 
 
 def _add_pairs(target, n_atoms, ia, va, ib, vb):
@@ -264,7 +268,7 @@ def solve_embedding(gram, context, n_patches, n_components, n_skip=1, device="cp
         The slowest directions dropped before the d kept ones.
     device : torch.device
         CUDA: Cholesky + ``torch.linalg.eigh`` in float64. CPU: ``scipy.linalg.eigh`` with the subset
-        driver ``gvx``.
+        driver ``gvx`` up to 8192 used atoms, the torch path above that.
 
     Returns
     -------
@@ -290,7 +294,7 @@ def solve_embedding(gram, context, n_patches, n_components, n_skip=1, device="cp
     v = (v + v.T) / 2
     v += torch.eye(k_used, dtype=torch.float64, device=v.device) * (1e-6 * torch.trace(v) / k_used)
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" or k_used > _SCIPY_MAX_ATOMS:
         v, mm = v.to(device), mm.to(device)
         chol = torch.linalg.cholesky(v)
         c = torch.linalg.solve_triangular(chol, mm, upper=False)

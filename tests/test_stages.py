@@ -252,3 +252,16 @@ def test_pooling_by_hand():
     torch.testing.assert_close(z[0, :, 0, 0], torch.tensor([1.0, 1 / 8]) / np.hypot(1.0, 1 / 8))
     torch.testing.assert_close(z.norm(dim=1), torch.ones(1, 2, 2))
     assert pool_embeddings(torch.zeros(2, 3, 23, 23)).shape == (2, 3 * 10 * 10)
+
+
+def test_torch_solver_matches_scipy(monkeypatch):
+    # The Cholesky + torch.linalg.eigh path (CUDA, and CPU above 8192 atoms) solves the same problem.
+    import smt.spectral
+    gen = torch.Generator().manual_seed(8)
+    idx, val, nonempty = _random_codes(gen, b=6, h=6, w=6, m=3, k=12, p_empty=0.1)
+    stats = ContextStatistics(12, 2, 1).partial_fit(idx, val, nonempty)
+    p_scipy, e_scipy, _ = solve_embedding(stats.gram_, stats.context_, stats.n_patches_, 5, n_skip=1)
+    monkeypatch.setattr(smt.spectral, "_SCIPY_MAX_ATOMS", 0)
+    p_torch, e_torch, _ = solve_embedding(stats.gram_, stats.context_, stats.n_patches_, 5, n_skip=1)
+    np.testing.assert_allclose(e_torch, e_scipy, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(p_torch, p_scipy, rtol=1e-6, atol=1e-8)
