@@ -207,3 +207,50 @@ def test_add_mirrors_and_to_grayscale():
     g = to_grayscale(np.array([[[[255, 0, 0], [10, 20, 30]]]], dtype=np.uint8))
     assert g.dtype == np.uint8 and g[0, 0, 0].tolist() == [76, 76, 76]  # 0.299 * 255 = 76.2
     assert g[0, 0, 1].tolist() == [round(0.299 * 10 + 0.587 * 20 + 0.114 * 30)] * 3
+
+
+def test_killed_fit_resumes_to_the_same_model(digits, tmp_path):
+    """A fit killed with SIGKILL mid-way resumes from its checkpoint to the uninterrupted model."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    X = digits[0][:600]
+    np.save(tmp_path / "x.npy", X)
+    ckpt = tmp_path / "fit.npz"
+    params = dict(checkpoint_path=str(ckpt), checkpoint_every=1, batch_size=50)
+    child = f"""
+import sys, time, numpy as np
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import small_smt
+from smt.spectral import ContextStatistics
+real = ContextStatistics.partial_fit
+def slow(self, *a, **kw):  # a slow statistics pass, so the kill lands in its middle
+    time.sleep(0.5)
+    return real(self, *a, **kw)
+ContextStatistics.partial_fit = slow
+small_smt(**{params!r}).fit(np.load({str(tmp_path / "x.npy")!r}))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", child])
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if ckpt.exists():
+                with np.load(ckpt, allow_pickle=False) as f:
+                    run = json.loads(str(f["__meta__"]))["run"]
+                if run["phase"] == "statistics" and run["batch"] >= 150:
+                    break
+            assert proc.poll() is None, "the fit ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = small_smt(**params).fit(X)
+    uninterrupted = small_smt(batch_size=50).fit(X)
+    np.testing.assert_array_equal(resumed.dictionary_, uninterrupted.dictionary_)
+    np.testing.assert_allclose(resumed.components_, uninterrupted.components_, atol=1e-12)
+    np.testing.assert_array_equal(resumed.transform(X[:20]), uninterrupted.transform(X[:20]))
