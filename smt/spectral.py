@@ -23,11 +23,15 @@ _SCIPY_MAX_ATOMS = 8192
 def _add_pairs(target, n_atoms, ia, va, ib, vb):
     """target[a, b] += sum_n sum_{p, q} va[n, p] vb[n, q] for a = ia[n, p], b = ib[n, q] (pads are -1).
 
-    Rows are grouped by their number of valid entries (rounded up to a power of two) so the
-    work follows the real pair count, not the widest row of the batch: threshold codes vary from
-    a few to hundreds of atoms per patch.
+    When padding dominates, rows are grouped by their number of valid entries (rounded up to a
+    power of two) so the work follows the real pair count, not the widest row of the batch:
+    threshold codes vary from a few to hundreds of atoms per patch.
     """
     if ia.shape[0] == 0:
+        return
+    real = int(((ia >= 0).sum(1) * (ib >= 0).sum(1)).sum())
+    if 2 * real >= ia.shape[0] * ia.shape[1] * ib.shape[1]:  # little padding: grouping costs more than it saves
+        _add_padded_pairs(target, n_atoms, ia, va, ib, vb)
         return
     ia, va, wa = _compact(ia, va)
     ib, vb, wb = _compact(ib, vb)

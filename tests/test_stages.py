@@ -265,3 +265,21 @@ def test_torch_solver_matches_scipy(monkeypatch):
     p_torch, e_torch, _ = solve_embedding(stats.gram_, stats.context_, stats.n_patches_, 5, n_skip=1)
     np.testing.assert_allclose(e_torch, e_scipy, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(p_torch, p_scipy, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("max_width", [2, 40])  # little padding, and rows of very different widths
+def test_pair_accumulation_matches_dense_outer_products(max_width):
+    from smt.spectral import _add_pairs
+    gen = torch.Generator().manual_seed(9)
+    n, k = 300, 11
+    width = torch.randint(1, max_width + 1, (n,), generator=gen)
+    width[torch.rand(n, generator=gen) < 0.9] = 1
+    idx = torch.randint(0, k, (n, max_width), generator=gen)
+    idx[torch.arange(max_width)[None, :] >= width[:, None]] = -1
+    idx = idx[:, torch.randperm(max_width, generator=gen)]  # pads anywhere in a row
+    val = (idx >= 0).float() * torch.rand(n, max_width, generator=gen)
+    dense = torch.zeros(n, k, dtype=torch.float64)
+    dense.scatter_add_(1, idx.clamp(min=0), val.double())
+    target = torch.zeros(k * k, dtype=torch.float64)
+    _add_pairs(target, k, idx, val, idx, val)
+    torch.testing.assert_close(target.view(k, k), dense.T @ dense)
