@@ -9,21 +9,31 @@ This module holds the corpus-independent pieces:
 * :class:`Vocabulary` -- word counts and the frequency-ranked dictionary of the
   V most frequent words (spec 8.2), built in one streaming pass.
 
-The word-embedding estimator itself (``SMTWordEmbedding``, spec 8.2-8.6:
-co-occurrence statistics, the sparse generalised eigen-solve and the
-embedding) belongs in this module too, after :class:`Vocabulary`; it is not
-implemented yet.
+* :class:`SMTWordEmbedding` -- the estimator (spec 8.2-8.6): one-hot codes over
+  the vocabulary, window co-occurrence statistics
+  (:class:`smt.cooccurrence.WindowCooccurrence`), and the generalised
+  eigen-solve of :mod:`smt.spectral`.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from typing import Iterable, Sequence
 
 import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
 
-__all__ = ["basic_english_tokenize", "Vocabulary"]
+from smt._io import load_npz, save_npz
+from smt.cooccurrence import WEIGHTINGS, WindowCooccurrence
+from smt.spectral import solve_embedding, solve_sparse_embedding
+
+__all__ = ["basic_english_tokenize", "Vocabulary", "SMTWordEmbedding"]
 
 # torchtext's basic_english rules, in torchtext's order (the order matters only
 # for odd inputs such as '<br "/>', which becomes '<br />' once '"' is deleted
@@ -167,12 +177,7 @@ class Vocabulary:
         TypeError
             An item of ``token_lists`` is a string rather than a list of tokens.
         """
-        min_count = _check_int("min_count", self.min_count, 1)
-        max_size = _check_int("max_size", self.max_size, 1, allow_none=True)
-        specials = [self.specials] if isinstance(self.specials, str) else list(self.specials)
-        if not all(isinstance(s, str) for s in specials):
-            raise ValueError(f"specials must be strings, got {self.specials!r}")
-
+        self._check_params()
         counter: Counter[str] = Counter()
         n_lines = 0
         for tokens in token_lists:
@@ -183,7 +188,19 @@ class Vocabulary:
                 )
             counter.update(tokens)
             n_lines += 1
+        return self._from_counts(counter, n_lines)
 
+    def _check_params(self):
+        min_count = _check_int("min_count", self.min_count, 1)
+        max_size = _check_int("max_size", self.max_size, 1, allow_none=True)
+        specials = [self.specials] if isinstance(self.specials, str) else list(self.specials)
+        if not all(isinstance(s, str) for s in specials):
+            raise ValueError(f"specials must be strings, got {self.specials!r}")
+        return min_count, max_size, specials
+
+    def _from_counts(self, counter, n_lines):
+        """Build the vocabulary from word counts (a dict; special tokens are popped from it)."""
+        min_count, max_size, specials = self._check_params()
         self.special_counts_ = {s: counter.pop(s, 0) for s in specials}
         self.n_lines_ = n_lines
         self.n_types_ = len(counter)
@@ -244,3 +261,262 @@ class Vocabulary:
         return (f"Vocabulary(min_count={self.min_count!r}, max_size={self.max_size!r}, "
                 f"specials={self.specials!r}{fitted})")
 
+
+
+TOKENIZERS = ("basic_english", "whitespace")
+SOLVERS = ("auto", "dense", "sparse")
+# Up to here the dense generalized solver of the image pipeline is used; above it, ARPACK on the
+# sparse normalised Laplacian (a dense V x V problem at V = 50 000 needs 20 GB).
+_DENSE_MAX_WORDS = 2048
+_FORMAT_VERSION = 1
+
+
+class SMTWordEmbedding(BaseEstimator):
+    """Sparse Manifold Transform word embedding (spec 8), fitted in one streaming pass over text.
+
+    The dictionary is the vocabulary of the ``max_vocab`` most frequent words and the code of a
+    token is one-hot; two tokens are neighbours when at most ``window`` positions apart in one line.
+    The embedding solves ``(Deg - C) p = lambda diag(f) p`` for the slowest directions (a
+    normalised-Laplacian eigenmap of the co-occurrence graph): word w gets column w of P,
+    L2-normalised, so similarities are cosines.
+
+    Parameters
+    ----------
+    n_components : int, default 300
+        d, the embedding dimension.
+    max_vocab : int or None, default 50000
+        V: keep the most frequent words (ties broken alphabetically). ``None`` keeps all.
+    min_count : int, default 1
+        Keep only words seen at least this often.
+    window : int, default 5
+        w, the context half-width in tokens (spec 8.3).
+    weighting : {"uniform", "inverse_distance"}, default "uniform"
+        Weight of a co-occurrence at distance o: 1 or 1/o.
+    n_skip : int, default 1
+        Slowest directions dropped; for one-hot codes the first is the constant vector.
+    tokenizer : {"basic_english", "whitespace"} or callable, default "basic_english"
+        Applied to lines given as ``str``; lines given as lists of tokens are used as they are
+        (e.g. WikiText through :func:`smt.datasets.clean_wikitext_line`).
+    specials : sequence of str, default ("<unk>",)
+        Tokens that never become words (they still take window positions).
+    solver : {"auto", "dense", "sparse"}, default "auto"
+        "dense": the image pipeline's generalized eigensolver on dense V x V matrices; "sparse":
+        ARPACK on the sparse operator; "auto": dense up to 2048 words.
+    random_state : int, RandomState or None
+        Seeds the sparse solver's start vector.
+    verbose : bool, default False
+        Progress bar over lines.
+
+    Attributes
+    ----------
+    vocabulary_ : list of str
+        The embedded words, most frequent first; row i of ``embedding_`` is ``vocabulary_[i]``.
+    counts_ : ndarray of shape (V,), int64
+        Occurrences of each word.
+    embedding_ : ndarray of shape (V, d), float32
+        Unit-norm word vectors.
+    components_ : ndarray of shape (d, V)
+        P, before normalisation of the columns.
+    eigenvalues_ : ndarray of shape (d,)
+        Slowness of each kept direction, ascending.
+    n_tokens_ : int
+        Tokens read (specials included).
+    n_lines_ : int
+        Lines read.
+    n_dropped_words_ : int
+        Vocabulary words left out because they share no window with the main connected component
+        of the co-occurrence graph (their embedding is undefined).
+    fit_stats_ : dict
+        Seconds spent counting and solving.
+
+    Examples
+    --------
+    >>> lines = ["the cat sat on the mat", "the dog sat on the log"] * 50
+    >>> model = SMTWordEmbedding(n_components=2, tokenizer="whitespace").fit(lines)
+    >>> model.transform(["cat", "dog"]).shape
+    (2, 2)
+    """
+
+    def __init__(self, n_components=300, max_vocab=50000, min_count=1, window=5, weighting="uniform",
+                 n_skip=1, tokenizer="basic_english", specials=("<unk>",), solver="auto",
+                 random_state=None, verbose=False):
+        self.n_components = n_components
+        self.max_vocab = max_vocab
+        self.min_count = min_count
+        self.window = window
+        self.weighting = weighting
+        self.n_skip = n_skip
+        self.tokenizer = tokenizer
+        self.specials = specials
+        self.solver = solver
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y=None):
+        """Count words and co-occurrences in one pass over ``X``, then solve for the embedding.
+
+        Parameters
+        ----------
+        X : iterable of str or of sequences of str
+            Lines of text (consumed once; a generator is fine). A window never crosses a line.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        tokenize = self._tokenizer()
+        tic = time.perf_counter()
+        stats = WindowCooccurrence(self.window, self.weighting)
+        if isinstance(X, (str, bytes)):
+            raise TypeError("X must be an iterable of lines, got a single string; wrap it in a list")
+        for i, line in enumerate(tqdm(X, desc="co-occurrence", unit=" lines", disable=not self.verbose)):
+            if isinstance(line, str):
+                tokens = tokenize(line)
+            elif isinstance(line, Sequence) and all(isinstance(t, str) for t in line):
+                tokens = line
+            else:
+                raise TypeError(f"line {i} is a {type(line).__name__}; each line must be a str or a list of str")
+            stats.add(tokens)
+        counts = stats.counts()
+        if stats.n_tokens_ == 0:
+            raise ValueError(f"the corpus holds no tokens ({stats.n_lines_} lines read): nothing to embed")
+        vocab = Vocabulary(self.min_count, self.max_vocab, self.specials)._from_counts(
+            Counter(dict(zip(stats.index_, counts.tolist()))), stats.n_lines_)
+        f, c = stats.restrict(vocab.tokens_)
+        count_seconds = time.perf_counter() - tic
+
+        # Words in other connected components than the largest have no defined relation to it:
+        # each extra component adds a zero eigenvalue, so they are left out of the vocabulary.
+        keep = np.zeros(len(f), dtype=bool)
+        if len(f):
+            _, label = scipy.sparse.csgraph.connected_components(c, directed=False)
+            keep = label == np.bincount(label).argmax()
+            keep &= np.asarray(c.sum(axis=1)).ravel() > 0
+        n_total = self.n_components + self.n_skip
+        if keep.sum() <= n_total:
+            raise ValueError(
+                f"n_components + n_skip = {n_total} needs more than that many connected words, but the "
+                f"corpus gives {int(keep.sum())} ({len(f)} in the vocabulary, min_count={self.min_count}, "
+                f"max_vocab={self.max_vocab}); lower n_components or fit on more text")
+        f, c = f[keep], c[keep][:, keep]
+
+        tic = time.perf_counter()
+        solver = self.solver
+        if solver == "auto":
+            solver = "dense" if len(f) <= _DENSE_MAX_WORDS else "sparse"
+        if solver == "dense":
+            laplacian = np.diag(np.asarray(c.sum(axis=1)).ravel()) - c.toarray()
+            p, evals, _ = solve_embedding(np.diag(f.astype(np.float64)), laplacian, int(f.sum()),
+                                          self.n_components, self.n_skip)
+        else:
+            p, evals, _ = solve_sparse_embedding(f, c, self.n_components, self.n_skip, self.random_state)
+        self.vocabulary_ = [w for w, k in zip(vocab.tokens_, keep) if k]
+        self.counts_ = f
+        self.components_ = p
+        self.eigenvalues_ = evals
+        self.n_tokens_ = stats.n_tokens_
+        self.n_lines_ = stats.n_lines_
+        self.n_dropped_words_ = int(len(keep) - keep.sum())
+        self.fit_stats_ = {"count_seconds": count_seconds, "solve_seconds": time.perf_counter() - tic}
+        self._set_embedding()
+        return self
+
+    def transform(self, words):
+        """Vectors of words.
+
+        Parameters
+        ----------
+        words : str or sequence of str
+
+        Returns
+        -------
+        ndarray of shape (d,) for one word, (n, d) for a sequence; float32, unit norm.
+
+        Raises
+        ------
+        KeyError
+            A word is not in the vocabulary (the message names it).
+        """
+        check_is_fitted(self, "embedding_")
+        if isinstance(words, str):
+            return self.embedding_[self._lookup(words)].copy()
+        return self.embedding_[[self._lookup(w) for w in words]].reshape(-1, self.embedding_.shape[1])
+
+    def similarity(self, a, b):
+        """Cosine similarity of two words (a float in [-1, 1])."""
+        return float(self.transform(a) @ self.transform(b))
+
+    def most_similar(self, word, topn=10):
+        """The ``topn`` nearest words to ``word`` by cosine, itself excluded.
+
+        Returns
+        -------
+        list of (str, float)
+            Most similar first.
+        """
+        query = self._lookup(word)
+        topn = _check_int("topn", topn, 1)
+        sims = self.embedding_ @ self.embedding_[query]
+        sims[query] = -np.inf
+        top = np.argsort(-sims, kind="stable")[:topn]
+        return [(self.vocabulary_[i], float(sims[i])) for i in top]
+
+    def save(self, path):
+        """Save parameters and fitted state to one ``.npz`` file (arrays and JSON, no pickle)."""
+        check_is_fitted(self, "embedding_")
+        if callable(self.tokenizer):
+            raise ValueError("a model with a callable tokenizer cannot be saved; pass a tokenizer name")
+        params = {**self.get_params(), "specials": list(self.specials)}
+        meta = {"format_version": _FORMAT_VERSION, "params": params, "n_tokens": self.n_tokens_,
+                "n_lines": self.n_lines_, "n_dropped_words": self.n_dropped_words_}
+        save_npz(path, meta, {"vocabulary": np.array(self.vocabulary_, dtype=str), "counts": self.counts_,
+                              "components": self.components_, "eigenvalues": self.eigenvalues_})
+
+    @classmethod
+    def load(cls, path):
+        """Load a model written by :meth:`save`."""
+        meta, arrays = load_npz(path)
+        if meta.get("format_version") != _FORMAT_VERSION or "vocabulary" not in arrays:
+            raise ValueError(f"{path} is not an SMTWordEmbedding file of format version {_FORMAT_VERSION}")
+        model = cls(**meta["params"])
+        model.vocabulary_ = arrays["vocabulary"].tolist()
+        model.counts_ = arrays["counts"]
+        model.components_ = arrays["components"]
+        model.eigenvalues_ = arrays["eigenvalues"]
+        model.n_tokens_, model.n_lines_ = meta["n_tokens"], meta["n_lines"]
+        model.n_dropped_words_ = meta["n_dropped_words"]
+        model._set_embedding()
+        return model
+
+    def _set_embedding(self):
+        e = self.components_.T
+        self.embedding_ = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+        self._index = {w: i for i, w in enumerate(self.vocabulary_)}
+
+    def _lookup(self, word):
+        check_is_fitted(self, "embedding_")
+        try:
+            return self._index[word]
+        except KeyError:
+            raise KeyError(f"word {word!r} is not in the vocabulary ({len(self._index)} words; "
+                           f"max_vocab={self.max_vocab}, min_count={self.min_count})") from None
+        except TypeError:
+            raise TypeError(f"words must be str, got {type(word).__name__}") from None
+
+    def _tokenizer(self):
+        if callable(self.tokenizer):
+            return self.tokenizer
+        return basic_english_tokenize if self.tokenizer == "basic_english" else str.split
+
+    def _check_params(self):
+        _check_int("n_components", self.n_components, 1)
+        _check_int("n_skip", self.n_skip, 0)
+        _check_int("window", self.window, 1)
+        Vocabulary(self.min_count, self.max_vocab, self.specials)._check_params()
+        for name, value, valid in [("weighting", self.weighting, WEIGHTINGS), ("solver", self.solver, SOLVERS)]:
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+        if not callable(self.tokenizer) and self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS} or a callable, got {self.tokenizer!r}")

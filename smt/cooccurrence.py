@@ -1,0 +1,151 @@
+"""Window co-occurrence of words: the context statistics of one-hot codes (spec 8.3-8.4).
+
+For text, the dictionary is the vocabulary and every token's code is one-hot, so the statistics of
+:class:`smt.spectral.ContextStatistics` collapse to word counts ``f`` (G = diag(f)) and a sparse
+symmetric co-occurrence matrix ``C``. They are sums over lines, so they stream: memory grows with
+the number of distinct words and distinct co-occurring pairs, never with the corpus length.
+"""
+import numpy as np
+import scipy.sparse
+
+WEIGHTINGS = ("uniform", "inverse_distance")
+
+# Tokens buffered before their pairs are counted: bounds the per-chunk temporaries (~100 MB).
+_CHUNK_TOKENS = 1 << 20
+
+
+class WindowCooccurrence:
+    """Streaming counts of words and of word pairs at most ``window`` positions apart in a line.
+
+    Every distinct word gets an id on first sight; the vocabulary cut (the V most frequent words) is
+    applied only at the end, by :meth:`restrict`, because the final counts are not known before.
+    Pairs are kept as a sorted table of int64 keys ``lo << 32 | hi`` (``lo <= hi``) with float64
+    weights (16 bytes per distinct pair); chunks of new pairs are merged into it once they reach an
+    eighth of its size, so each merge costs O(table) and memory peaks at about twice the table.
+
+    Parameters
+    ----------
+    window : int, default 5
+        w: tokens at most w positions apart in the same line are neighbours (spec 8.3).
+    weighting : {"uniform", "inverse_distance"}, default "uniform"
+        Weight of a pair at distance o: 1, or 1/o.
+
+    Attributes
+    ----------
+    index_ : dict of str to int
+        Word -> id, in order of first sight.
+    n_tokens_ : int
+        Tokens read.
+    n_lines_ : int
+        Token lists read.
+    """
+
+    def __init__(self, window=5, weighting="uniform"):
+        self.window = window
+        self.weighting = weighting
+        self.index_ = {}
+        self.n_tokens_ = 0
+        self.n_lines_ = 0
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._ids, self._lines = [], []
+        self._n_buffered = 0
+        self._keys = np.zeros(0, dtype=np.int64)
+        self._vals = np.zeros(0, dtype=np.float64)
+        self._pending = []
+
+    def add(self, tokens):
+        """Add one line (a sequence of tokens; windows never cross lines)."""
+        index = self.index_
+        ids = [index.setdefault(t, len(index)) for t in tokens]
+        self.n_lines_ += 1
+        if not ids:
+            return
+        self._ids.append(np.asarray(ids, dtype=np.int64))
+        self._lines.append(np.full(len(ids), self.n_lines_, dtype=np.int64))
+        self._n_buffered += len(ids)
+        self.n_tokens_ += len(ids)
+        if self._n_buffered >= _CHUNK_TOKENS:
+            self._flush()
+
+    def counts(self):
+        """Occurrences of every word id, shape (len(index_),)."""
+        self._flush()
+        return self._counts
+
+    def restrict(self, words):
+        """Counts and co-occurrence matrix of ``words`` only.
+
+        Parameters
+        ----------
+        words : sequence of str
+            The kept vocabulary, each in :attr:`index_`.
+
+        Returns
+        -------
+        f : ndarray of shape (V,), int64
+            Occurrences of each word.
+        C : scipy.sparse.csr_array of shape (V, V), float64
+            Symmetric co-occurrence weights: ``C[i, j]`` sums over ordered position pairs (p, q),
+            ``0 < |p - q| <= w`` in one line, with word i at p and word j at q. Pairs with a word
+            outside ``words`` are dropped; such words still took window positions.
+        """
+        self._flush()
+        self._merge()
+        old = np.fromiter((self.index_[w] for w in words), dtype=np.int64, count=len(words))
+        new = np.full(len(self.index_), -1, dtype=np.int64)
+        new[old] = np.arange(len(old))
+        rows, cols, weights = [], [], []
+        for start in range(0, len(self._keys), _CHUNK_TOKENS):
+            block, vals = self._keys[start:start + _CHUNK_TOKENS], self._vals[start:start + _CHUNK_TOKENS]
+            lo, hi = new[block >> 32], new[block & 0xFFFFFFFF]
+            keep = (lo >= 0) & (hi >= 0)
+            rows.append(lo[keep].astype(np.int32))
+            cols.append(hi[keep].astype(np.int32))
+            weights.append(vals[keep])
+        n = len(old)
+        upper = scipy.sparse.csr_array((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+                                       shape=(n, n))
+        del rows, cols, weights
+        # Each unordered position pair was counted once: C = U + U^T (the diagonal doubles, as
+        # the pair (p, q) and (q, p) both have the same word at both ends).
+        return self._counts[old], (upper + upper.T).tocsr()
+
+    def _flush(self):
+        if not self._ids:
+            return
+        ids, lines = np.concatenate(self._ids), np.concatenate(self._lines)
+        self._ids, self._lines, self._n_buffered = [], [], 0
+        n_ids = len(self.index_)
+        if len(self._counts) < n_ids:
+            self._counts = np.concatenate([self._counts, np.zeros(n_ids - len(self._counts), np.int64)])
+        self._counts += np.bincount(ids, minlength=n_ids)
+        keys, vals = [], []
+        for o in range(1, self.window + 1):
+            same = lines[o:] == lines[:-o]
+            a, b = ids[:-o][same], ids[o:][same]
+            keys.append(np.minimum(a, b) << 32 | np.maximum(a, b))
+            vals.append(np.full(len(a), 1.0 if self.weighting == "uniform" else 1.0 / o))
+        self._pending.append(_sum_duplicates(np.concatenate(keys), np.concatenate(vals)))
+        if sum(len(k) for k, _ in self._pending) > max(len(self._keys) // 8, _CHUNK_TOKENS):
+            self._merge()
+
+    def _merge(self):
+        # Insert the new keys into the sorted table instead of re-sorting it: the peak is about
+        # twice the table (old + new copy), not the ~5x of a unique() over the concatenation.
+        if not self._pending:
+            return
+        keys, vals = self._pending[0] if len(self._pending) == 1 else _sum_duplicates(
+            np.concatenate([k for k, _ in self._pending]), np.concatenate([v for _, v in self._pending]))
+        self._pending = []
+        at = np.searchsorted(self._keys, keys)
+        found = at < len(self._keys)
+        found[found] = self._keys[at[found]] == keys[found]
+        self._vals[at[found]] += vals[found]  # keys are unique: no repeated index
+        new = ~found
+        self._keys = np.insert(self._keys, at[new], keys[new])
+        self._vals = np.insert(self._vals, at[new], vals[new])
+
+
+def _sum_duplicates(keys, vals):
+    keys, inverse = np.unique(keys, return_inverse=True)
+    return keys, np.bincount(inverse, weights=vals)
