@@ -1,0 +1,57 @@
+"""Deep self-supervised baselines for comparison with SMT (optional extra ``[ssl]``).
+
+Laid out like solo-learn's ``solo/methods``: one shared training base
+(:mod:`smt.ssl.base`: loop, LARS / AdamW, warmup + cosine, checkpoint and
+resume, kNN evaluation, progress bars) and one short file per method:
+
+* :mod:`smt.ssl.simclr` -- SimCLR (NT-Xent),
+* :mod:`smt.ssl.vicreg` -- VICReg,
+* :mod:`smt.ssl.msn` -- MSN and PMSN (Assran et al., ICLR 2023),
+
+with CIFAR backbones in :mod:`smt.ssl.backbones`, batched two-view
+augmentations in :mod:`smt.ssl.augment` and the mini-batch class sampler in
+:mod:`smt.ssl.sampler`.  Everything is plain torch.  The core ``smt``
+package never imports this one.  Run ``python -m smt.ssl.train --help``.
+"""
+from .backbones import ResNet18, ViT, vit_tiny
+from .base import SSLMethod, TrainConfig, Trainer
+from .msn import MSN, PMSN
+from .sampler import ClassBatchSampler, long_tailed_indices
+from .simclr import SimCLR
+from .vicreg import VICReg
+
+METHODS = {"simclr": SimCLR, "vicreg": VICReg, "msn": MSN, "pmsn": PMSN}
+
+__all__ = ["METHODS", "SimCLR", "VICReg", "MSN", "PMSN", "ResNet18", "ViT", "vit_tiny", "SSLMethod",
+           "TrainConfig", "Trainer", "ClassBatchSampler", "long_tailed_indices", "build_method"]
+
+
+def build_method(name: str, width: int = 64, vit_dim: int = 192, vit_depth: int = 12, vit_heads: int = 3,
+                 proj_hidden: int | None = None, n_prototypes: int = 1024, seed: int = 0, **kw) -> SSLMethod:
+    """Build a method with its paper backbone, seeded for a reproducible initialisation.
+
+    Parameters
+    ----------
+    name : {"simclr", "vicreg", "msn", "pmsn"}
+    width : int, default 64
+        ResNet-18 width (SimCLR, VICReg).
+    vit_dim, vit_depth, vit_heads : int, default 192, 12, 3
+        ViT size (MSN, PMSN); the default is ViT-Tiny.
+    proj_hidden : int, optional
+        Projector hidden width; default the paper's 2048.
+    n_prototypes : int, default 1024
+        MSN / PMSN only.
+    seed : int, default 0
+    **kw
+        Passed to the method.
+    """
+    import torch
+    torch.manual_seed(seed)
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    if proj_hidden is not None:
+        kw["proj_hidden"] = proj_hidden
+    if name in ("msn", "pmsn"):
+        backbone = ViT(dim=vit_dim, depth=vit_depth, heads=vit_heads, patch_size=4, image_size=32)
+        return METHODS[name](backbone, n_prototypes=n_prototypes, **kw)
+    return METHODS[name](ResNet18(width), **kw)

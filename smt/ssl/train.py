@@ -1,0 +1,108 @@
+"""Train a deep SSL baseline on CIFAR and score it with the SMT paper's kNN protocol.
+
+    python -m smt.ssl.train --method simclr --dataset cifar10 --epochs N [--budget-minutes M]
+        [--data DIR] [--n-train N] [--n-test N] [--width W] [--classes-per-batch K]
+        [--long-tail N_MAX] [--checkpoint FILE] [--json FILE]
+
+Prints the kNN top-1 / top-5 every ``--eval-every`` epochs and a final line;
+``--json`` appends the run (arguments, history, final accuracy) as one line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from smt.datasets import load_cifar10, load_cifar100
+
+from . import METHODS, build_method
+from .base import TrainConfig, Trainer
+from .sampler import long_tailed_indices
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", choices=sorted(METHODS), required=True)
+    ap.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
+    ap.add_argument("--data", default=None, help="data root holding cifar10/ (default: $SMT_DATA)")
+    ap.add_argument("--epochs", type=int, default=1000)
+    ap.add_argument("--budget-minutes", type=float, default=None, help="stop after this much training time")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=None, help="for batch 256 (default: the paper's)")
+    ap.add_argument("--weight-decay", type=float, default=None)
+    ap.add_argument("--warmup-epochs", type=float, default=None)
+    ap.add_argument("--n-train", type=int, default=None, help="first N training images")
+    ap.add_argument("--n-test", type=int, default=None, help="first N test images")
+    ap.add_argument("--long-tail", type=int, default=None, metavar="N_MAX",
+                    help="long-tailed training subset: class c keeps N_MAX * (c+1)^-exponent images")
+    ap.add_argument("--long-tail-exponent", type=float, default=1.0)
+    ap.add_argument("--classes-per-batch", type=int, default=None, help="K of the class batch sampler")
+    ap.add_argument("--width", type=int, default=64, help="ResNet-18 width (64 = ResNet-18)")
+    ap.add_argument("--vit-dim", type=int, default=192)
+    ap.add_argument("--vit-depth", type=int, default=12)
+    ap.add_argument("--vit-heads", type=int, default=3)
+    ap.add_argument("--proj-hidden", type=int, default=None)
+    ap.add_argument("--n-prototypes", type=int, default=1024)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--json", default=None)
+    return ap
+
+
+def load_data(args):
+    """Training images / labels (maybe subset or long-tailed) and the kNN test split."""
+    load = load_cifar10 if args.dataset == "cifar10" else load_cifar100
+    x, y = load(args.data, "train")
+    xt, yt = load(args.data, "test")
+    x, y = x[:args.n_train], y[:args.n_train]
+    if args.long_tail:
+        keep = long_tailed_indices(y, args.long_tail, args.long_tail_exponent, seed=args.seed)
+        x, y = x[keep], y[keep]
+    return x, y, xt[:args.n_test], yt[:args.n_test]
+
+
+def run(args) -> dict:
+    """Train and evaluate one method; returns the JSON row."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x, y, xt, yt = load_data(args)
+    method = build_method(args.method, width=args.width, vit_dim=args.vit_dim, vit_depth=args.vit_depth,
+                          vit_heads=args.vit_heads, proj_hidden=args.proj_hidden,
+                          n_prototypes=args.n_prototypes, seed=args.seed)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      warmup_epochs=args.warmup_epochs, budget_minutes=args.budget_minutes,
+                      classes_per_batch=args.classes_per_batch, eval_every=args.eval_every, seed=args.seed,
+                      device=args.device, checkpoint=args.checkpoint, progress=not args.no_progress)
+    tic = time.perf_counter()
+    trainer = Trainer(method, cfg)
+    history = trainer.fit(x, y, xt, yt)
+    final = history[-1]
+    row = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(),
+           "threads": torch.get_num_threads(), "device": str(trainer.device), "args": vars(args),
+           "n_train": len(x), "n_test": len(xt), "class_counts": np.bincount(y).tolist(),
+           "params_M": sum(p.numel() for p in method.parameters()) / 1e6,
+           "wall_seconds": time.perf_counter() - tic, "train_seconds": trainer.train_seconds,
+           "epochs_done": trainer.epoch, "steps": trainer.step, "top1": final.get("top1"),
+           "top5": final.get("top5"), "history": history}
+    print(f"{args.method}: {trainer.epoch} epochs, {trainer.step} steps, {trainer.train_seconds:.0f} s training, "
+          f"kNN top-1 {row['top1']:.2f} top-5 {row['top5']:.2f} (train {len(x)}, test {len(xt)})")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def main(argv=None) -> dict:
+    return run(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
