@@ -14,6 +14,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from smt import distributed
 from smt._device import resolve_device
 from smt._validation import as_images, to_batch
 from smt.augment import gray_views
@@ -28,6 +29,8 @@ _FORMAT_VERSION = 1
 _PHASES = ("whitening", "dictionary", "statistics", "done")
 # Parameters that change neither the fitted model nor the order the data is walked in.
 _RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every")
+# Algorithm 1 walks the front-end images in groups of about this many of its batches' worth of patches.
+_DICT_GROUP_BATCHES = 16
 
 
 class SMT(TransformerMixin, BaseEstimator):
@@ -74,8 +77,14 @@ class SMT(TransformerMixin, BaseEstimator):
     dict_batch_size : int, default=4096
     dict_lr : float, default=0.1
     dict_max_patches : int or None, default=None
-        Run Algorithm 1 on the patches of a random subset of images holding about this many
-        patches (None: all).
+        Run Algorithm 1 on the patches of a random subset of the front-end images holding about
+        this many patches (None: all of them).
+    front_end_images : int, default=10000
+        The whitening and the dictionary are fitted on the first this many training images (of X,
+        of the stream of ``partial_fit`` chunks, or of the global order of a distributed fit;
+        shuffle data sorted by class first); the code statistics use every image. A bound that
+        does not depend on how the data are chunked or sharded, so ``partial_fit`` (which keeps at
+        most this many images) and a distributed fit give exactly the model of ``fit``.
     pool_size, pool_stride : int, default=4, 2
     grayscale_augmentation : {None, "paired", "independent"}, default=None
         RGB only. Fit on every training image and its gray copy (ITU-R 601 luma, replicated to
@@ -133,7 +142,7 @@ class SMT(TransformerMixin, BaseEstimator):
     def __init__(self, patch_size=6, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
                  max_active=None, empty_code="zero", code_norm=None, n_components=384, n_skip=1,
                  context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
-                 dict_lr=0.1, dict_max_patches=None, pool_size=4, pool_stride=2, grayscale_augmentation=None,
+                 dict_lr=0.1, dict_max_patches=None, front_end_images=10000, pool_size=4, pool_stride=2, grayscale_augmentation=None,
                  normalize_output=False,
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
                  checkpoint_every=50):
@@ -154,6 +163,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self.dict_batch_size = dict_batch_size
         self.dict_lr = dict_lr
         self.dict_max_patches = dict_max_patches
+        self.front_end_images = front_end_images
         self.pool_size = pool_size
         self.pool_stride = pool_stride
         self.grayscale_augmentation = grayscale_augmentation
@@ -167,7 +177,12 @@ class SMT(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ public API
     def fit(self, X, y=None):
-        """Learn whitening, dictionary and projection from images in one streaming pass per stage.
+        """Learn whitening, dictionary and projection from images in streaming passes.
+
+        The whitening and the dictionary (the front end) are fitted on the first
+        ``front_end_images`` images of X; the code statistics are summed over all of X. Under
+        ``torch.distributed`` each process passes its own contiguous shard (see
+        :mod:`smt.distributed`) and the result equals a one-process fit on the concatenated shards.
 
         Parameters
         ----------
@@ -181,14 +196,20 @@ class SMT(TransformerMixin, BaseEstimator):
         """
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]:
             delattr(self, attr)
-        self.__dict__.pop("_stats", None)
-        return self._fit_stream(X)
+        for private in ("_stats", "_stream"):
+            self.__dict__.pop(private, None)
+        return self._fit_stream(X, resumable=True, final=True)
 
     def partial_fit(self, X, y=None):
-        """Add a chunk of images to the context statistics and re-solve the projection.
+        """Fit on one more chunk of a stream of images; the chunks together give the model ``fit``
+        gives on their concatenation.
 
-        The first call also fits the whitening and the dictionary on its chunk; later chunks
-        only add statistics (sums over images), so chunks stream with bounded memory.
+        Until ``front_end_images`` images have arrived, the chunks are kept (at most that many
+        images), and every call refits the front end on them and recounts their statistics;
+        after that the front end is frozen, the kept images are dropped, and each chunk only adds
+        its statistics (sums over images). Every call re-solves the projection. After ``fit``
+        the front end is frozen and ``partial_fit`` only adds statistics. Checkpoints are
+        written by ``fit`` only.
 
         Parameters
         ----------
@@ -199,7 +220,7 @@ class SMT(TransformerMixin, BaseEstimator):
         -------
         self
         """
-        return self._fit_stream(X)
+        return self._fit_stream(X, resumable=False, final=False)
 
     def transform(self, X):
         """Embed images.
@@ -254,31 +275,77 @@ class SMT(TransformerMixin, BaseEstimator):
         return model
 
     # ------------------------------------------------------------------ fitting
-    def _fit_stream(self, X):
+    def _fit_stream(self, X, resumable, final):
+        """The one fitting path of ``fit``, ``partial_fit`` and the distributed fit.
+
+        The model is defined on the global stream of images (this call's images follow those of
+        earlier ``partial_fit`` calls; under torch.distributed, the shards follow in rank order):
+        whitening and dictionary are fitted on its first ``front_end_images`` images, with every
+        random choice keyed by the seed and the global image index, and the code statistics are
+        summed over all of it. So neither chunking, sharding nor ``batch_size`` changes the model.
+        """
         self._check_params()
-        first = not hasattr(self, "components_") and not hasattr(self, "_stats")
-        images = self._check_images(X, reset=first)
+        stream = self.__dict__.get("_stream")
+        images = self._check_images(X, reset=stream is None)
         device = resolve_device(self.device)
         self.fit_stats_ = {}
-        if first:
-            self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            run = {"phase": "whitening", "epoch": 0, "batch": 0, "seed": self._seed}
+        counts = distributed.all_gather_counts(len(images))
+        if stream is None:
+            seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+            stream = {"seed": distributed.broadcast_int(seed), "n_seen": 0, "front": None, "frozen": False}
+        self._ckpt_path = self._rank_checkpoint_path() if resumable else None
+        n_seen, total = stream["n_seen"], sum(counts)
+        n_new = 0 if stream["frozen"] else min(self.front_end_images, n_seen + total) - n_seen
+        run = {"phase": "statistics", "epoch": 0, "batch": 0, "seed": stream["seed"]}
+        sources = [images]
+        if n_new > 0:
+            run["phase"] = "whitening"
             stages = self._new_stages(device)
             run, stages = self._resume(run, stages, images, device)
-            self._seed = run["seed"]
-            self._fit_front_end(images, run, stages, device)
+            stream["seed"] = run["seed"]
+            front = self._front_set(stream["front"], images, counts, n_new)
+            self._fit_front_end(front, run, stages, images, device)
+            if stream["front"] is not None and distributed.rank() == 0:
+                # The statistics restart with the new front end: recount the kept earlier images.
+                sources = [stream["front"], images]
+            full = n_seen + n_new >= self.front_end_images
+            stream["frozen"] = full or final
+            stream["front"] = None if stream["frozen"] else _as_buffer(front, copy=True)
         else:
-            run = {"phase": "statistics", "epoch": 0, "batch": 0, "seed": self._seed}
             stages = {"stats": self._stats}
+            self.fit_stats_.update(whitening_seconds=0.0, dictionary_seconds=0.0)
         tic = time.perf_counter()
-        self._accumulate(images, run, stages, device)
+        tally = np.zeros(3, dtype=np.int64)
+        for i, source in enumerate(sources):
+            if i:
+                run["batch"] = 0
+            tally += self._accumulate(source, run, stages, images, device)
+        n_active, n_coded, n_nodes = (int(v) for v in tally)
+        # Diagnostics of this process's images of this call (spec 4).
+        self.fit_stats_["mean_active_atoms"] = n_active / max(n_nodes, 1)
+        self.fit_stats_["uncoded_fraction"] = 1 - n_coded / max(n_nodes, 1)
         self.fit_stats_["statistics_seconds"] = time.perf_counter() - tic
+        self._stats = stages["stats"]
         tic = time.perf_counter()
-        self._solve(stages["stats"], device)
+        self._solve(distributed.reduced_statistics(self._stats), device)
         self.fit_stats_["solve_seconds"] = time.perf_counter() - tic
+        stream["n_seen"] = n_seen + total
+        self._stream = stream
         run["phase"] = "done"
         self._checkpoint(run, stages, images)
         return self
+
+    def _front_set(self, kept, images, counts, n_new):
+        """The front-end images: the kept ones, then the first ``n_new`` of this call's global images."""
+        r = distributed.rank()
+        before = sum(counts[:r])
+        take = [max(0, min(c, n_new - sum(counts[:q]))) for q, c in enumerate(counts)]
+        mine = images[:take[r]]
+        assert before + take[r] <= n_new
+        if not distributed.is_active() and kept is None:
+            return mine  # one process: a view, nothing copied
+        new = distributed.gather_rows(_as_buffer(mine), take)
+        return new if kept is None else _concat_images(kept, new)
 
     def _new_stages(self, device):
         return {"whitening": Whitening(self.whiten_eps),
@@ -286,34 +353,40 @@ class SMT(TransformerMixin, BaseEstimator):
                 "stats": ContextStatistics(self.n_atoms, self.context, self.order, device),
                 "sample": {}}
 
-    def _fit_front_end(self, images, run, stages, device):
+    def _fit_front_end(self, front, run, stages, images, device):
+        """Whitening and dictionary on the front-end images ``front`` (global indices 0..n-1);
+        ``images`` (this process's input) only fingerprint the checkpoint."""
         white, sample = stages["whitening"], stages["sample"]
-        n = len(images)
+        n = len(front)
+        seed = run["seed"]
+        n_views = 2 if self.grayscale_augmentation is not None else 1
         tic = time.perf_counter()
         if run["phase"] == "whitening":
             # One pass: whitening moments, and a uniform sample without replacement of K non-empty
-            # patches (the K smallest of independent uniform keys) to start the dictionary from.
+            # patches (the K smallest of uniform keys, each a hash of the seed and the patch's
+            # global image index, view and position) to start the dictionary from.
             for b in self._batches(n, run, "whitening"):
-                idx = np.arange(b, min(b + self.batch_size, n))
-                patches, empty = extract_patches(self._views(images[idx], device), self.patch_size)
+                batch = front[b:b + self.batch_size]
+                patches, empty = extract_patches(self._views(batch, device), self.patch_size)
                 white.partial_fit(patches)
                 cand = patches[~empty]
-                keys = torch.as_tensor(np.random.default_rng([run["seed"], 0, b]).random(len(cand)),
-                                       device=device)
+                keys = torch.as_tensor(_patch_keys(seed, b, len(batch), n_views, empty.shape[1:]),
+                                       device=device)[~empty]
                 sample["n_nonempty"] = sample.get("n_nonempty", 0) + len(cand)
                 if "keys" in sample:
                     keys, cand = torch.cat([sample["keys"], keys]), torch.cat([sample["patches"], cand])
                 keep = keys.argsort(stable=True)[:self.n_atoms]
                 sample["keys"], sample["patches"] = keys[keep], cand[keep]
                 run["batch"] = b + self.batch_size
-                self._maybe_checkpoint(run, stages, images)
+                self._maybe_checkpoint(run, stages, images, self.batch_size)
             if sample.get("n_nonempty", 0) < self.n_atoms:
                 raise ValueError(
                     f"fit needs at least n_atoms={self.n_atoms} non-constant patches to start the dictionary, "
-                    f"but the {n} images hold {sample.get('n_nonempty', 0)}; lower n_atoms or pass more images")
+                    f"but the {n} front-end images (the first front_end_images={self.front_end_images}) hold "
+                    f"{sample.get('n_nonempty', 0)}; lower n_atoms or pass more images")
             white.finalize()
             atoms = white.transform(sample["patches"].to(torch.float32))
-            stages["dictionary"].initialize(atoms, [run["seed"], 3])
+            stages["dictionary"].initialize(atoms, [seed, 3])
             run.update(phase="dictionary", epoch=0, batch=0)
             self._checkpoint(run, stages, images)
         elif white.__dict__.get("whitening_") is None:
@@ -324,27 +397,33 @@ class SMT(TransformerMixin, BaseEstimator):
         if run["phase"] == "dictionary":
             per_image = sample["n_nonempty"] / n
             n_dict = n if self.dict_max_patches is None else min(n, math.ceil(self.dict_max_patches / per_image))
+            # Images are walked in a seeded permutation, in groups of a fixed patch count (not
+            # batch_size); the non-empty patches of a group are shuffled with a key of its index.
+            gh, gw = self.patch_grid_shape_
+            group = max(1, math.ceil(_DICT_GROUP_BATCHES * self.dict_batch_size / (n_views * gh * gw)))
             while run["epoch"] < self.dict_epochs:
-                order = np.random.default_rng([run["seed"], 1, run["epoch"]]).permutation(n)[:n_dict]
-                for b in self._batches(n_dict, run, f"dictionary epoch {run['epoch'] + 1}"):
-                    idx = np.sort(order[b:b + self.batch_size])
-                    patches, empty = extract_patches(self._views(images[idx], device), self.patch_size)
+                order = np.random.default_rng([seed, 1, run["epoch"]]).permutation(n)[:n_dict]
+                for g in self._batches(n_dict, run, f"dictionary epoch {run['epoch'] + 1}", group):
+                    idx = np.sort(order[g:g + group])
+                    patches, empty = extract_patches(self._views(front[idx], device), self.patch_size)
                     x = white.transform(patches[~empty])
-                    shuffle = np.random.default_rng([run["seed"], 2, run["epoch"], b]).permutation(len(x))
+                    shuffle = np.random.default_rng([seed, 2, run["epoch"], g // group]).permutation(len(x))
                     dictionary.partial_fit(x[torch.as_tensor(shuffle, device=device)])
-                    run["batch"] = b + self.batch_size
-                    self._maybe_checkpoint(run, stages, images)
+                    run["batch"] = g + group
+                    self._maybe_checkpoint(run, stages, images, group)
                 run.update(epoch=run["epoch"] + 1, batch=0)
             dictionary.flush()
             run.update(phase="statistics", epoch=0, batch=0)
             self._checkpoint(run, stages, images)
         self.fit_stats_["dictionary_seconds"] = time.perf_counter() - tic
-        self.whitening_ = white.whitening_
-        self.coloring_ = white.coloring_
-        self.dictionary_ = dictionary.dictionary_.cpu().numpy()
-        self._stats = stages["stats"]
+        # Rank 0's arrays everywhere: every process codes with bit-identical ones.
+        fitted = distributed.broadcast_arrays({"whitening_": white.whitening_, "coloring_": white.coloring_,
+                                               "dictionary_": dictionary.dictionary_.cpu().numpy()})
+        for name, value in fitted.items():
+            setattr(self, name, value)
 
-    def _accumulate(self, images, run, stages, device):
+    def _accumulate(self, images, run, stages, ckpt_images, device):
+        """Add the code statistics of ``images``; returns (active atoms, coded patches, nodes)."""
         stats = stages["stats"]
         phi = torch.as_tensor(self.dictionary_, device=device)
         n_active = n_coded = n_nodes = 0
@@ -357,10 +436,8 @@ class SMT(TransformerMixin, BaseEstimator):
             n_coded += int((active > 0).sum())
             n_nodes += len(active)
             run["batch"] = b + self.batch_size
-            self._maybe_checkpoint(run, stages, images)
-        # Diagnostics of this call's chunk (spec 4: active atoms per patch, patches left uncoded).
-        self.fit_stats_["mean_active_atoms"] = n_active / max(n_nodes, 1)
-        self.fit_stats_["uncoded_fraction"] = 1 - n_coded / max(n_nodes, 1)
+            self._maybe_checkpoint(run, stages, ckpt_images, self.batch_size)
+        return np.array([n_active, n_coded, n_nodes], dtype=np.int64)
 
     def _solve(self, stats, device):
         if stats.n_patches_ == 0:
@@ -428,6 +505,8 @@ class SMT(TransformerMixin, BaseEstimator):
             (self.order in (1, 2), "order must be 1 or 2"),
             (self.whiten_eps > 0, "whiten_eps must be > 0"),
             (isinstance(self.dict_epochs, (int, np.integer)) and self.dict_epochs >= 0, "dict_epochs must be an int >= 0"),
+            (isinstance(self.front_end_images, (int, np.integer)) and self.front_end_images >= 1,
+             "front_end_images must be an int >= 1"),
             (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1, "batch_size must be an int >= 1"),
             (self.pool_size >= 1 and self.pool_stride >= 1, "pool_size and pool_stride must be >= 1"),
             (self.grayscale_augmentation in (None, "paired", "independent"),
@@ -481,15 +560,22 @@ class SMT(TransformerMixin, BaseEstimator):
         return tqdm(iterable, desc=f"SMT {stage}", unit="batch", disable=not self.verbose,
                     postfix={"images": n_images}, leave=False)
 
-    def _batches(self, n, run, stage):
-        return self._progress(range(run["batch"], n, self.batch_size), stage, n)
+    def _batches(self, n, run, stage, step=None):
+        return self._progress(range(run["batch"], n, step or self.batch_size), stage, n)
 
-    def _maybe_checkpoint(self, run, stages, images):
-        if self.checkpoint_path and (run["batch"] // self.batch_size) % self.checkpoint_every == 0:
+    def _maybe_checkpoint(self, run, stages, images, step):
+        if self._ckpt_path and (run["batch"] // step) % self.checkpoint_every == 0:
             self._checkpoint(run, stages, images)
 
+    def _rank_checkpoint_path(self):
+        """``checkpoint_path``; under torch.distributed one file per process (its shard, its position)."""
+        if not self.checkpoint_path or not distributed.is_active():
+            return self.checkpoint_path
+        path = Path(self.checkpoint_path)
+        return str(path.with_name(f"{path.name}.rank{distributed.rank()}-of-{distributed.world_size()}"))
+
     def _checkpoint(self, run, stages, images):
-        if not self.checkpoint_path:
+        if not self.__dict__.get("_ckpt_path"):
             return
         arrays = {}
         for name in ("whitening", "dictionary", "stats"):
@@ -502,10 +588,10 @@ class SMT(TransformerMixin, BaseEstimator):
             arrays["sample.patches"] = sample["patches"].cpu().numpy()
         meta = {"format_version": _FORMAT_VERSION, "run": run, "params": self._model_params(),
                 "fingerprint": _fingerprint(images), "n_nonempty": int(sample.get("n_nonempty", 0))}
-        _save_npz(self.checkpoint_path, meta, arrays)
+        _save_npz(self._ckpt_path, meta, arrays)
 
     def _resume(self, run, stages, images, device):
-        path = self.checkpoint_path
+        path = self._ckpt_path
         if not path or not Path(path).exists():
             return run, stages
         meta, arrays = _load_npz(path)
@@ -532,6 +618,45 @@ class SMT(TransformerMixin, BaseEstimator):
 
     def _model_params(self):
         return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS}
+
+
+def _as_buffer(images, copy=False):
+    """Images as a CPU tensor that keeps what ``to_batch`` will see: uint8 as is, anything else as
+    float32 (``to_batch`` makes the same conversion, so the pixels the fit sees do not change)."""
+    if not isinstance(images, torch.Tensor):
+        return _as_buffer(torch.from_numpy(np.array(images)))  # a copy (also of a read-only memmap)
+    out = images.detach().cpu()
+    out = out if out.dtype == torch.uint8 else out.to(torch.float32)
+    return out.clone() if copy and out.data_ptr() == images.data_ptr() else out
+
+
+def _concat_images(a, b):
+    """Concatenate two buffers; when their dtypes differ both become float32 in [0, 1]."""
+    if a.dtype != b.dtype:
+        a, b = (t.to(torch.float32) / 255.0 if t.dtype == torch.uint8 else t for t in (a, b))
+    return torch.cat([a, b])
+
+
+def _patch_keys(seed, first_image, n_images, n_views, grid):
+    """Uniform keys in [0, 1) of the patches of global images ``first_image, ...``, laid out as the
+    batch the fit sees, (n_views * n_images, H', W') view-major: a hash (splitmix64) of the seed and
+    of the global patch id (image, view, position), so no key depends on batching or sharding."""
+    gh, gw = grid
+    image = first_image + np.arange(n_images, dtype=np.uint64)
+    view = np.arange(n_views, dtype=np.uint64)
+    ids = (image[None, :] * np.uint64(n_views) + view[:, None]) * np.uint64(gh * gw)
+    ids = ids.reshape(-1, 1) + np.arange(gh * gw, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = _splitmix64(ids + _splitmix64(np.array([seed], dtype=np.uint64)))
+    return ((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).reshape(-1, gh, gw)
+
+
+def _splitmix64(x):
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def _has_state(stage):

@@ -1,0 +1,136 @@
+"""Distributed fit on PyTorch's own engine: ``torch.distributed``, launched by ``torchrun``.
+
+When a process group is initialized with more than one process, :meth:`smt.SMT.fit` (and
+``partial_fit``) on each process takes that process's *shard* of the training images and
+
+1. all-gathers the bounded front-end set (the first ``front_end_images`` images of the global
+   order), so every process fits the same whitening and dictionary on the same images; rank 0's
+   result is then broadcast, so all processes code with bit-identical arrays even on mixed hardware;
+2. streams its own shard through the code statistics (sums over images);
+3. all-reduces the statistics (float64 sums) before the eigen-solve.
+
+N processes therefore give the same model as one process fitting the concatenated shards.
+
+Sharding rule: **contiguous blocks in rank order**. The global order of the training set is rank
+0's images, then rank 1's, and so on; shards may differ in size (at least one image each), e.g.
+``np.array_split(X, world_size)[rank]``, or each process reading its own block of a file. For
+``partial_fit`` the global order of one call is the concatenation of that call's chunks in rank
+order. Every process must call ``fit`` / ``partial_fit`` the same number of times, with images of
+the same shape and dtype.
+
+Everything here is a no-op (one process, rank 0) when ``torch.distributed`` is not initialized.
+"""
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def is_active():
+    """True when a process group with more than one process is initialized."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank():
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if is_active() else 0
+
+
+def world_size():
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if is_active() else 1
+
+
+def _comm_device():
+    # NCCL moves CUDA tensors only; gloo (and MPI) move CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather_counts(n):
+    """Every process's local count ``n``, as a list indexed by rank."""
+    if not is_active():
+        return [int(n)]
+    t = torch.tensor([int(n)], dtype=torch.int64, device=_comm_device())
+    out = [torch.zeros_like(t) for _ in range(world_size())]
+    dist.all_gather(out, t)
+    return [int(x) for x in out]
+
+
+def broadcast_int(value, src=0):
+    """Rank ``src``'s integer (e.g. the seed drawn from ``random_state=None``)."""
+    if not is_active():
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=_comm_device())
+    dist.broadcast(t, src)
+    return int(t)
+
+
+def gather_rows(local, counts):
+    """Concatenate every process's rows in rank order, on every process.
+
+    Parameters
+    ----------
+    local : torch.Tensor of shape (counts[rank], ...), on the CPU
+    counts : list of int
+        Row count of every rank (all processes pass the same list).
+
+    Returns
+    -------
+    torch.Tensor of shape (sum(counts), ...), on the CPU
+    """
+    if not is_active():
+        return local
+    dtype = local.dtype
+    send = local.to(torch.uint8) if dtype == torch.bool else local
+    width = max(counts)
+    padded = send.new_zeros((width,) + tuple(send.shape[1:]))
+    padded[:len(send)] = send
+    padded = padded.to(_comm_device())
+    out = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(out, padded)
+    rows = torch.cat([o[:c] for o, c in zip(out, counts)]).cpu()
+    return rows.to(dtype)
+
+
+def broadcast_arrays(arrays, src=0):
+    """Rank ``src``'s numpy arrays (same names, shapes and dtypes on every process)."""
+    if not is_active():
+        return arrays
+    out = {}
+    for name, value in arrays.items():
+        t = torch.as_tensor(np.ascontiguousarray(value)).to(_comm_device())
+        dist.broadcast(t, src)
+        out[name] = t.cpu().numpy()
+    return out
+
+
+def all_reduce_state(state):
+    """Sum a dict of numpy arrays / integers over all processes (float64 sums stay exact for counts)."""
+    if not is_active():
+        return state
+    out = {}
+    for name, value in state.items():
+        arr = np.asarray(value)
+        t = torch.as_tensor(np.ascontiguousarray(arr)).to(_comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        out[name] = t.cpu().numpy().astype(arr.dtype, copy=False)
+    return out
+
+
+def reduced_statistics(stats):
+    """The context statistics summed over all processes, as a new object (``stats`` is unchanged).
+
+    Each process keeps the sums of its own shard, so later ``partial_fit`` calls keep adding to
+    local sums and every solve reduces afresh.
+    """
+    if not is_active():
+        return stats
+    state = stats.get_state() if hasattr(stats, "_gram") else None
+    # A process that has seen no non-empty patch yet contributes zeros.
+    if state is None:
+        k = stats.n_atoms
+        state = {"gram": np.zeros(k * k), "context": np.zeros(k * k), "usage": np.zeros(k),
+                 "n_patches": np.int64(0), "n_images": np.int64(0)}
+    reduced = type(stats)(stats.n_atoms, stats.context, stats.order, stats.device)
+    return reduced.set_state(all_reduce_state(state))
