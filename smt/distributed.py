@@ -101,7 +101,7 @@ def broadcast_arrays(arrays, src=0):
     for name, value in arrays.items():
         t = torch.as_tensor(np.ascontiguousarray(value)).to(_comm_device())
         dist.broadcast(t, src)
-        out[name] = t.cpu().numpy()
+        out[name] = t.cpu().numpy().reshape(np.shape(value))
     return out
 
 
@@ -112,9 +112,9 @@ def all_reduce_state(state):
     out = {}
     for name, value in state.items():
         arr = np.asarray(value)
-        t = torch.as_tensor(np.ascontiguousarray(arr)).to(_comm_device())
+        t = torch.tensor(arr, device=_comm_device())  # a copy: the caller's arrays stay as they are
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        out[name] = t.cpu().numpy().astype(arr.dtype, copy=False)
+        out[name] = t.cpu().numpy().astype(arr.dtype, copy=False).reshape(arr.shape)
     return out
 
 
