@@ -216,3 +216,15 @@ def test_trainer_evaluates_with_knn_and_respects_the_budget():
     hist = tr.fit(x, y, x[:8], y[:8])
     assert tr.step == 1 and len(hist) == 1
     assert 0.0 <= hist[-1]["top1"] <= 100.0 and "top5" in hist[-1]
+
+
+def test_lars_trust_ratio_is_clipped_at_the_global_rate():
+    for lr, expected in [(1.0, 1 - 0.02), (0.01, 1 - 0.01)]:
+        w = torch.nn.Parameter(torch.ones(2, 2))          # ||w|| = ||g|| = 2: local rate eta = 0.02
+        w.grad = torch.ones(2, 2)
+        LARS([w], lr=lr, eta=0.02).step()
+        assert torch.allclose(w.detach(), torch.full((2, 2), expected))
+    b = torch.nn.Parameter(torch.ones(2))                 # excluded group: plain SGD
+    b.grad = torch.ones(2)
+    LARS([{"params": [b], "lars": False}], lr=0.5).step()
+    assert torch.allclose(b.detach(), torch.full((2,), 0.5))

@@ -96,6 +96,7 @@ class TrainConfig:
     weight_decay : float, optional
     optimizer : {"lars", "adamw"}, optional
     warmup_epochs : float, optional
+        Linear warmup, at most 10 % of ``epochs`` (of the budget when one is set).
     budget_minutes : float, optional
         Stop once this much *training* time (evaluation excluded) is spent;
         the schedule then runs on the fraction of the budget used, so the
@@ -220,7 +221,8 @@ class Trainer:
         return self.step / max(self.cfg.epochs * steps_per_epoch, 1)
 
     def _set_lr(self, progress: float) -> None:
-        warmup = self.hp["warmup_epochs"] / max(self.cfg.epochs, 1)
+        # 10 of 1000 epochs in the papers; short runs warm up for at most the first 10 %
+        warmup = min(self.hp["warmup_epochs"] / max(self.cfg.epochs, 1), 0.1)
         lr = warmup_cosine(progress, warmup, self.base_lr)
         for g in self.opt.param_groups:
             g["lr"] = lr

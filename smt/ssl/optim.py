@@ -11,11 +11,10 @@ __all__ = ["LARS", "warmup_cosine", "param_groups"]
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
 
-    The form used by solo-learn and the SimCLR / VICReg papers: for each
-    parameter tensor ``w`` with gradient ``g`` (weight decay added to ``g``
-    first), the update is scaled by the trust ratio
-    ``eta * ||w|| / ||g||``, clipped at 1 (``clip_lr``) so that LARS never
-    raises the global rate.  Groups with ``lars=False`` (biases and norm
+    The form of solo-learn's ``LARS``: for each parameter tensor ``w`` with
+    gradient ``g``, the local rate is ``eta * ||w|| / (||g|| + wd * ||w||)``;
+    with ``clip_lr`` the step ``(g + wd * w)`` is scaled by
+    ``min(local / lr, 1)``, so LARS never raises the global rate.  Groups with ``lars=False`` (biases and norm
     layers, as in solo-learn's ``exclude_bias_n_norm_lars``) are plain SGD.
 
     Parameters
@@ -46,15 +45,17 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad
-                if group["weight_decay"]:
-                    g = g.add(p, alpha=group["weight_decay"])
                 if group["lars"]:
+                    # solo-learn's form: trust ratio eta ||w|| / (||g|| + wd ||w||), and with clip_lr
+                    # the adapted rate min(eta ||w|| / (...), lr) never exceeds the global one
                     w_norm, g_norm = torch.norm(p), torch.norm(g)
-                    ratio = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
-                                        torch.ones_like(w_norm))
+                    trust = group["eta"] * w_norm / (g_norm + group["weight_decay"] * w_norm + 1e-8)
                     if group["clip_lr"]:
-                        ratio = ratio.clamp(max=1.0)
-                    g = g * ratio
+                        trust = (trust / group["lr"]).clamp(max=1.0) if group["lr"] > 0 else torch.ones_like(trust)
+                    ratio = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+                    g = g.add(p, alpha=group["weight_decay"]) * ratio
+                elif group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = g.clone()

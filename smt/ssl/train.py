@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=None, help="for batch 256 (default: the paper's)")
     ap.add_argument("--weight-decay", type=float, default=None)
     ap.add_argument("--warmup-epochs", type=float, default=None)
-    ap.add_argument("--n-train", type=int, default=None, help="first N training images")
+    ap.add_argument("--n-train", type=int, default=None, help="first N training images (ignored with --long-tail)")
     ap.add_argument("--n-test", type=int, default=None, help="first N test images")
     ap.add_argument("--long-tail", type=int, default=None, metavar="N_MAX",
                     help="long-tailed training subset: class c keeps N_MAX * (c+1)^-exponent images")
@@ -62,8 +62,9 @@ def load_data(args):
     load = load_cifar10 if args.dataset == "cifar10" else load_cifar100
     x, y = load(args.data, "train")
     xt, yt = load(args.data, "test")
-    x, y = x[:args.n_train], y[:args.n_train]
-    if args.long_tail:
+    if not args.long_tail:  # a long-tailed subset is drawn from the whole training set
+        x, y = x[:args.n_train], y[:args.n_train]
+    else:
         keep = long_tailed_indices(y, args.long_tail, args.long_tail_exponent, seed=args.seed)
         x, y = x[keep], y[keep]
     return x, y, xt[:args.n_test], yt[:args.n_test]

@@ -1,0 +1,150 @@
+"""kNN top-1 against wall-clock: deep SSL baselines (smt.ssl) and SMT, same data, same machine, same run.
+
+    python benchmarks/ssl_vs_smt.py --data ../shared/data [--n-train 5000] [--n-test 2000]
+        [--budget-minutes M] [--methods simclr vicreg msn pmsn] [--skip-smt] [--threads 1]
+        [--json runs/ssl_vs_smt.jsonl] [--plot runs/ssl_vs_smt.png]
+    python benchmarks/ssl_vs_smt.py --report runs/ssl_vs_smt.jsonl [--plot runs/ssl_vs_smt.png]
+
+SMT is fitted first (``benchmarks/_knn.py``, the settings of the reduced CIFAR runs: K 1024,
+threshold 0.3, d 128, n_skip 8, whole-image context); its time (fit + embedding of train and test
++ kNN) is the budget of every deep method unless ``--budget-minutes`` is given. Each deep method then
+trains until its budget of *training* time is spent (its kNN evaluations every ``--eval-every``
+epochs are not counted) and is scored with the same kNN (k 30, T 0.03) on backbone features.
+Every run appends one JSON line; ``--report`` prints the markdown table and draws the plot from them,
+so methods can be run in separate processes.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _knn  # noqa: E402
+
+from smt.datasets import load_cifar10  # noqa: E402
+from smt.ssl import train as ssl_train  # noqa: E402
+
+NAMES = {"smt": "SMT", "simclr": "SimCLR", "vicreg": "VICReg", "msn": "MSN", "pmsn": "PMSN"}
+
+
+def run_smt(args) -> dict:
+    """Fit SMT with the benchmark's protocol; returns a row with its time and accuracy."""
+    smt_args = _knn.parser(None, n_atoms=args.smt_n_atoms, coding="threshold", n_components=args.smt_d,
+                           context="image").parse_args(
+        ["--data", str(args.data), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
+         "--n-skip", str(args.smt_n_skip), "--seed", str(args.seed), "--device", args.device])
+    tic = time.perf_counter()
+    acc = _knn.run(smt_args, load_cifar10, "CIFAR-10", "81.1 at full scale")
+    wall = time.perf_counter() - tic
+    return {"method": "smt", "backbone": f"SMT K {args.smt_n_atoms}, d {args.smt_d}, n_skip {args.smt_n_skip}",
+            "wall_seconds": wall, "train_seconds": wall, "top1": acc["top1"], "top5": acc["top5"],
+            "epochs_done": 1, "steps": None, "n_train": args.n_train, "n_test": args.n_test,
+            "threads": torch.get_num_threads(), "history": [{"train_seconds": wall, "top1": acc["top1"]}]}
+
+
+def run_deep(args, method: str, budget_minutes: float) -> dict:
+    """Train one deep method for ``budget_minutes`` of training time (smt.ssl.train)."""
+    argv = ["--method", method, "--data", str(args.data), "--n-train", str(args.n_train),
+            "--n-test", str(args.n_test), "--epochs", str(args.epochs), "--budget-minutes", str(budget_minutes),
+            "--width", str(args.width), "--vit-dim", str(args.vit_dim), "--vit-depth", str(args.vit_depth),
+            "--vit-heads", str(args.vit_heads), "--n-prototypes", str(args.n_prototypes),
+            "--eval-every", str(args.eval_every), "--seed", str(args.seed), "--device", args.device,
+            "--no-progress"]
+    row = ssl_train.main(argv)
+    row["method"] = method
+    row["backbone"] = (f"ViT dim {args.vit_dim}, depth {args.vit_depth}" if method in ("msn", "pmsn")
+                       else f"ResNet-18 width {args.width}")
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | backbone | device, threads | budget s | train s | epochs | steps | kNN top-1 | top-5 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        budget = r.get("args", {}).get("budget_minutes")
+        lines.append(f"| {NAMES.get(r['method'], r['method'])} | {r['backbone']} | {r.get('device', 'cpu')}, "
+                     f"{r['threads']} | {'' if budget is None else f'{60 * budget:.0f}'} | {r['train_seconds']:.0f} | "
+                     f"{r['epochs_done']} | {r['steps'] if r['steps'] is not None else ''} | {r['top1']:.2f} | "
+                     f"{r['top5']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        pts = [(h["train_seconds"], h["top1"]) for h in r["history"] if h.get("top1") is not None]
+        if r["method"] == "smt":
+            ax.scatter(*zip(*pts), marker="*", s=200, color="k", label="SMT (one pass)", zorder=3)
+        else:
+            ax.plot(*zip(*pts), marker="o", label=NAMES.get(r["method"], r["method"]))
+    ax.set_xlabel("wall-clock training seconds")
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.set_title(f"CIFAR-10, train {rows[0]['n_train']}, test {rows[0]['n_test']}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--n-train", type=int, default=5000)
+    ap.add_argument("--n-test", type=int, default=2000)
+    ap.add_argument("--methods", nargs="*", default=["simclr", "vicreg", "msn", "pmsn"])
+    ap.add_argument("--skip-smt", action="store_true")
+    ap.add_argument("--budget-minutes", type=float, default=None, help="default: SMT's time")
+    ap.add_argument("--epochs", type=int, default=100, help="planned epochs (warmup = 10 %% of them)")
+    ap.add_argument("--eval-every", type=int, default=2)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--vit-dim", type=int, default=192)
+    ap.add_argument("--vit-depth", type=int, default=12)
+    ap.add_argument("--vit-heads", type=int, default=3)
+    ap.add_argument("--n-prototypes", type=int, default=1024)
+    ap.add_argument("--smt-n-atoms", type=int, default=1024)
+    ap.add_argument("--smt-d", type=int, default=128)
+    ap.add_argument("--smt-n-skip", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default="runs/ssl_vs_smt.jsonl")
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--report", default=None, help="only print the table / plot of this JSON-lines file")
+    args = ap.parse_args(argv)
+    if args.report:
+        rows = [json.loads(line) for line in open(args.report)]
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        budget = args.budget_minutes
+        if not args.skip_smt:
+            rows.append(run_smt(args))
+            budget = budget or rows[0]["wall_seconds"] / 60
+        if budget is None:
+            ap.error("--skip-smt needs --budget-minutes")
+        for m in args.methods:
+            rows.append(run_deep(args, m, budget))
+        with open(args.json, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    print(table(rows))
+    if args.plot:
+        plot(rows, args.plot)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
