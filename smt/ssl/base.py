@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +133,6 @@ class TrainConfig:
     amp: bool = True
     checkpoint: str | None = None
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def _as_uint8_nchw(images, device) -> torch.Tensor:
