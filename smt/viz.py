@@ -1,4 +1,4 @@
-"""Plots of a fitted SMT model: dictionary atoms, slowness spectrum, nearest neighbours.
+"""Plots of fitted SMT models: dictionary atoms, slowness spectrum, nearest neighbours, word maps.
 
 matplotlib is an optional dependency (``pip install "sparse-manifold-transform[viz]"``); it is
 imported only when a plot function is called. Every function returns the matplotlib ``Figure``.
@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["atom_images", "plot_atoms", "plot_neighbors", "plot_spectrum"]
+__all__ = ["atom_images", "plot_atoms", "plot_neighbors", "plot_spectrum", "plot_word_map"]
 
 _INSTALL_HINT = 'plotting needs matplotlib: pip install "sparse-manifold-transform[viz]"'
 
@@ -240,4 +240,46 @@ def plot_spectrum(model, ax=None):
     ax.set_ylabel("slowness (eigenvalue)")
     ax.set_title(f"SMT spectrum ({len(values)} dimensions)")
     ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_word_map(model, words=None, n_words=150, random_state=0, ax=None):
+    """2-D map of word vectors (t-SNE on cosine distances), each point labelled with its word.
+
+    Parameters
+    ----------
+    model : smt.SMTWordEmbedding
+        Fitted; uses ``vocabulary_`` and ``embedding_`` (V, d).
+    words : sequence of str or None, default=None
+        Words to show; None takes the ``n_words`` most frequent alphabetic words.
+    n_words : int, default=150
+    random_state : int, default=0
+        Seeds t-SNE.
+    ax : matplotlib Axes or None, default=None
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    from sklearn.manifold import TSNE
+
+    _check_fitted(model, ("embedding_", "vocabulary_"))
+    if words is None:
+        words = [w for w in model.vocabulary_ if w.isalpha()][:n_words]
+    if len(words) < 5:
+        raise ValueError(f"a word map needs at least 5 words, got {len(words)}")
+    vectors = model.transform(list(words))
+    xy = TSNE(n_components=2, metric="cosine", init="pca", perplexity=min(30, len(words) - 1) / 2,
+              random_state=random_state).fit_transform(vectors)
+    plt = _pyplot()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(9, 9))
+    else:
+        fig = ax.figure
+    ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5)
+    for (x, y), word in zip(xy, words):
+        ax.annotate(word, (x, y), fontsize=7, alpha=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"SMT word embedding: t-SNE of {len(words)} words")
     return fig

@@ -28,3 +28,17 @@ def test_knn_cifar_script_with_augmentations(data_root, capsys):
     out = capsys.readouterr().out
     assert "train 600 (with mirrors)" in out and "paper: 83.2" in out
     assert 0 <= acc["top1"] <= 100
+
+
+def test_words_script_puts_smt_next_to_both_baselines(data_root, capsys):
+    if not (Path(data_root) / "wikitext-2").exists():
+        pytest.skip("no WikiText-2 copy")
+    pytest.importorskip("gensim")
+    import words
+    table = words.main(["--data", data_root, "--dim", "20", "--min-count", "20", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "wikitext-2 valid+test" in out and "| SMT |" in out
+    assert set(table) == {"SMT", "word2vec", "PPMI-SVD"}
+    for row in table.values():
+        assert row["MEN"]["coverage"] > 0.1 and -1 <= row["MEN"]["spearman"] <= 1
+    assert table["SMT"]["MEN"]["spearman"] > 0.2  # measured 0.46 at d 300, min count 5

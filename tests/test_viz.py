@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from smt import SMT  # noqa: E402
-from smt.viz import atom_images, plot_atoms, plot_neighbors, plot_spectrum  # noqa: E402
+from smt.text import SMTWordEmbedding  # noqa: E402
+from smt.viz import atom_images, plot_atoms, plot_neighbors, plot_spectrum, plot_word_map  # noqa: E402
 
 SMALL = dict(patch_size=3, n_atoms=32, coding="one_sparse", n_components=6, context=1, pool_size=3,
              pool_stride=1, random_state=0, device="cpu")
@@ -145,3 +146,19 @@ def test_import_does_not_load_matplotlib():
     import sys
     code = "import sys, smt.viz; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_plot_word_map_labels_every_word():
+    rng = np.random.default_rng(0)
+    topics = [[f"a{c}" for c in "bcdefghijk"], [f"b{c}" for c in "bcdefghijk"]]
+    lines = [" ".join(rng.choice(topics[i % 2], size=12)) for i in range(200)]
+    model = SMTWordEmbedding(n_components=3, tokenizer="whitespace", random_state=0).fit(lines)
+    fig = plot_word_map(model, n_words=20)
+    assert isinstance(fig, Figure)
+    labels = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert labels == sorted(model.vocabulary_)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at least 5 words"):
+        plot_word_map(model, words=["ab", "ac"])
+    with pytest.raises(KeyError, match="'zebra'"):
+        plot_word_map(model, words=["ab", "ac", "ad", "ae", "zebra"])
