@@ -103,7 +103,7 @@ def run(args, load, name, paper):
             knn.update(z, y)
         acc = knn.accuracy(y_test)
     # solo-learn's defaults (k 20, T 0.07), for comparison with other tables (spec 10-Q10)
-    acc["top1_k20_t0.07"] = _reweighted_top1(knn, y_test, 20, 0.07) if args.k >= 20 else None
+    acc["top1_k20_t0.07"] = knn.accuracy(y_test, (1,), k=20, temperature=0.07)["top1"] if args.k >= 20 else None
 
     fitted_on = f"train {len(x_train)}" + (" (with mirrors)" if args.flips else "")
     print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
@@ -124,13 +124,3 @@ def run(args, load, name, paper):
             f.write(json.dumps(row) + "\n")
     return acc
 
-
-def _reweighted_top1(knn, labels, k, temperature):
-    """Top-1 % of the weighted vote over the first ``k`` of the neighbours ``knn`` kept."""
-    sims, neighbour_labels, _ = knn.neighbors()
-    sims, neighbour_labels = sims[:, :k].double(), neighbour_labels[:, :k]
-    weights = torch.exp((sims - sims[:, :1]) / temperature)  # shifted: the argmax is unchanged
-    scores = torch.zeros(len(sims), int(neighbour_labels.max()) + 1, dtype=torch.float64, device=sims.device)
-    scores.scatter_add_(1, neighbour_labels, weights)
-    truth = torch.as_tensor(np.asarray(labels), device=sims.device)
-    return float((scores.argmax(1) == truth).double().mean() * 100)

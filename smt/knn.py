@@ -293,7 +293,8 @@ class StreamingKNN:
         sims, idx = _decode(self._keys)
         return sims, self._labels.clone(), idx
 
-    def predict_scores(self, n_classes: int | None = None, *, stabilize: bool = False) -> torch.Tensor:
+    def predict_scores(self, n_classes: int | None = None, *, stabilize: bool = False,
+                       k: int | None = None, temperature: float | None = None) -> torch.Tensor:
         """Class votes ``sum_{j in top-k, y_j = c} exp(s_j / T)``.
 
         Parameters
@@ -305,6 +306,12 @@ class StreamingKNN:
             Use ``exp((s_j - max_j s_j) / T)`` instead, i.e. divide every row by
             ``exp(max_j s_j / T)``.  The ranking of classes is unchanged but
             float32 cannot overflow (plain votes overflow once ``T < 0.0113``).
+        k : int, optional
+            Vote over only the first ``k`` of the kept neighbours (at most the
+            ``k`` given at construction), e.g. to score another protocol from
+            the same pass over the references.
+        temperature : float, optional
+            T of this vote; defaults to the one given at construction.
 
         Returns
         -------
@@ -318,27 +325,34 @@ class StreamingKNN:
                 f"n_classes={n_classes!r} is smaller than 1 + the largest reference label "
                 f"({self.n_classes_seen})"
             )
+        k = self.k if k is None else k
+        temperature = self.temperature if temperature is None else temperature
+        _check_k_temperature(k, temperature)
+        if k > self.k:
+            raise ValueError(f"k={k} exceeds the {self.k} neighbours this StreamingKNN keeps")
         sims, _ = _decode(self._keys)
+        sims, labels = sims[:, :k], self._labels[:, :k]
         if stabilize:
             sims = sims - sims[:, :1]  # column 0 holds the row maximum
-        weights = torch.exp(sims / self.temperature)
+        weights = torch.exp(sims / temperature)
         scores = torch.zeros((self.n_queries, int(n_classes)), dtype=torch.float32, device=self.device)
-        return scores.scatter_add_(1, self._labels, weights)
+        return scores.scatter_add_(1, labels, weights)
 
     def predict(self) -> torch.Tensor:
         """Predicted labels, shape (n_queries,), int64 (ties: lower class index)."""
         return self.predict_scores(stabilize=True).argmax(dim=1)
 
-    def ranked_classes(self, n_classes: int | None = None) -> torch.Tensor:
+    def ranked_classes(self, n_classes: int | None = None, **vote) -> torch.Tensor:
         """Classes sorted by decreasing vote, shape (n_queries, n_classes), int64.
 
         Classes with equal votes (including classes with no vote) are ordered
-        by increasing class index, so the result is deterministic.
+        by increasing class index, so the result is deterministic. ``vote``:
+        ``k`` and ``temperature`` as in :meth:`predict_scores`.
         """
-        scores = self.predict_scores(n_classes, stabilize=True)
+        scores = self.predict_scores(n_classes, stabilize=True, **vote)
         return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
-    def accuracy(self, labels: Any, topk: Iterable[int] = (1, 5)) -> dict[str, float]:
+    def accuracy(self, labels: Any, topk: Iterable[int] = (1, 5), **vote) -> dict[str, float]:
         """Top-k accuracies in percent against the true query labels.
 
         Parameters
@@ -348,6 +362,8 @@ class StreamingKNN:
             A query counts as correct for ``t`` when its label is among the
             ``t`` highest-voted classes (``t`` is capped at the number of
             classes).
+        **vote
+            ``k`` and ``temperature`` of the vote, as in :meth:`predict_scores`.
 
         Returns
         -------
@@ -360,7 +376,7 @@ class StreamingKNN:
                 raise ValueError(f"topk entries must be positive integers, got {t!r}")
         self._require_references()
         n_classes = max(self.n_classes_seen, int(y.max()) + 1)
-        ranked = self.ranked_classes(n_classes)
+        ranked = self.ranked_classes(n_classes, **vote)
         hits = ranked == y[:, None]
         out = {}
         for t in topk:

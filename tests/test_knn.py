@@ -314,3 +314,20 @@ def test_many_exact_ties_match_stable_oracle(k):
         np.testing.assert_array_equal(idx.numpy(), want[:, : min(k, 60)])
         np.testing.assert_array_equal(got_labels.numpy(), labels[want[:, : min(k, 60)]])
         np.testing.assert_array_equal(got_sims.numpy(), np.take_along_axis(sims, want, 1))
+
+
+def test_vote_over_fewer_neighbours_matches_a_smaller_knn():
+    # One pass keeping 30 neighbours scores the k 20 / T 0.07 protocol exactly like a k 20 pass.
+    rng = np.random.default_rng(0)
+    refs, queries = rng.normal(size=(300, 8)), rng.normal(size=(50, 8))
+    ref_labels, labels = rng.integers(0, 5, 300), rng.integers(0, 5, 50)
+    wide = StreamingKNN(queries, k=30, device="cpu")
+    narrow = StreamingKNN(queries, k=20, temperature=0.07, device="cpu")
+    for knn in (wide, narrow):
+        knn.update(refs, ref_labels)
+    torch.testing.assert_close(wide.predict_scores(k=20, temperature=0.07), narrow.predict_scores())
+    assert wide.accuracy(labels, k=20, temperature=0.07) == narrow.accuracy(labels)
+    with pytest.raises(ValueError, match="exceeds the 30 neighbours"):
+        wide.predict_scores(k=31)
+    with pytest.raises(ValueError, match="temperature"):
+        wide.accuracy(labels, temperature=0)
