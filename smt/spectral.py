@@ -29,12 +29,12 @@ def _add_pairs(target, n_atoms, ia, va, ib, vb):
     """
     if ia.shape[0] == 0:
         return
-    real = int(((ia >= 0).sum(1) * (ib >= 0).sum(1)).sum())
-    if 2 * real >= ia.shape[0] * ia.shape[1] * ib.shape[1]:  # little padding: grouping costs more than it saves
-        _add_padded_pairs(target, n_atoms, ia, va, ib, vb)
+    count_a, count_b = (ia >= 0).sum(1), (ib >= 0).sum(1)
+    if 2 * int((count_a * count_b).sum()) >= ia.shape[0] * ia.shape[1] * ib.shape[1]:
+        _add_padded_pairs(target, n_atoms, ia, va, ib, vb)  # little padding: grouping costs more than it saves
         return
-    ia, va, wa = _compact(ia, va)
-    ib, vb, wb = _compact(ib, vb)
+    ia, va, wa = _compact(ia, va, count_a)
+    ib, vb, wb = _compact(ib, vb, count_b)
     group = wa * (ib.shape[1] + 1) + wb
     for g in torch.unique(group[(wa > 0) & (wb > 0)]).tolist():
         rows = torch.nonzero(group == g)[:, 0]
@@ -42,11 +42,10 @@ def _add_pairs(target, n_atoms, ia, va, ib, vb):
         _add_padded_pairs(target, n_atoms, ia[rows, :a_w], va[rows, :a_w], ib[rows, :b_w], vb[rows, :b_w])
 
 
-def _compact(idx, val):
-    """Move each row's valid entries (idx >= 0) first; also return the row widths rounded up to a
-    power of two (0 for an empty row)."""
+def _compact(idx, val, count):
+    """Move each row's valid entries (idx >= 0; ``count`` per row) first; also return the row widths
+    rounded up to a power of two (0 for an empty row)."""
     valid = idx >= 0
-    count = valid.sum(1)
     if not bool(valid.all()):
         order = (~valid).to(torch.uint8).argsort(dim=1, stable=True)
         idx, val = idx.gather(1, order), val.gather(1, order)
