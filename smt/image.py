@@ -286,6 +286,9 @@ class SMT(TransformerMixin, BaseEstimator):
         """
         self._check_params()
         stream = self.__dict__.get("_stream")
+        if stream is None and hasattr(self, "components_"):
+            raise ValueError("partial_fit continues a fit made in this process; a model loaded from a file keeps "
+                             "no statistics to add to: refit it with fit or partial_fit")
         images = self._check_images(X, reset=stream is None)
         device = resolve_device(self.device)
         self.fit_stats_ = {}
@@ -293,6 +296,7 @@ class SMT(TransformerMixin, BaseEstimator):
         if stream is None:
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
             stream = {"seed": distributed.broadcast_int(seed), "n_seen": 0, "front": None, "frozen": False}
+        stream = dict(stream)  # stored when the call succeeds
         self._ckpt_path = self._rank_checkpoint_path() if resumable else None
         n_seen, total = stream["n_seen"], sum(counts)
         n_new = 0 if stream["frozen"] else min(self.front_end_images, n_seen + total) - n_seen

@@ -103,6 +103,17 @@ def test_partial_fit_over_chunks_equals_fit_on_the_whole(digits, sizes, front):
         assert (kept is None) == (seen >= front) and (kept is None or len(kept) == seen)
 
 
+def test_partial_fit_equals_fit_with_gray_copies_and_uint8(digits):
+    X = np.round(_tinted(digits[0][:300]) * 255).astype(np.uint8)
+    params = dict(grayscale_augmentation="paired", n_atoms=64, front_end_images=150)
+    chunked = small_smt(**params)
+    for a, b in ((0, 100), (100, 220), (220, 300)):
+        chunked.partial_fit(X[a:b])
+    whole = small_smt(**params).fit(X)
+    np.testing.assert_array_equal(chunked.dictionary_, whole.dictionary_)
+    np.testing.assert_allclose(chunked.components_, whole.components_, atol=1e-10)
+
+
 def test_partial_fit_after_fit_adds_statistics_only(digits):
     X, _ = digits
     model = small_smt().fit(X[:300])
@@ -154,6 +165,8 @@ def test_save_load_round_trip(fitted, digits, tmp_path):
     loaded = SMT.load(path)
     assert loaded.get_params() == fitted.get_params()
     assert np.array_equal(loaded.transform(X[:50]), fitted.transform(X[:50]))
+    with pytest.raises(ValueError, match="loaded from a file"):
+        loaded.partial_fit(X[:50])
     # the file is plain arrays: it loads with pickle disabled
     with np.load(path, allow_pickle=False) as f:
         assert "components_" in f.files
