@@ -101,7 +101,8 @@ class SMT(TransformerMixin, BaseEstimator):
         Progress bars.
     checkpoint_path : str or None, default=None
         ``fit`` saves its state here every ``checkpoint_every`` batches and at the end of every
-        stage, and resumes from it when it exists.
+        stage, and resumes from it when it exists. Under torch.distributed every process writes
+        its own file, ``<checkpoint_path>.rank<r>-of-<world size>``.
     checkpoint_every : int, default=50
 
     Attributes
