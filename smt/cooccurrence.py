@@ -12,6 +12,8 @@ WEIGHTINGS = ("uniform", "inverse_distance")
 
 # Tokens buffered before their pairs are counted: bounds the per-chunk temporaries (~100 MB).
 _CHUNK_TOKENS = 1 << 20
+# Entries per block of the pair table (48 MiB): an insertion copies one block at a time.
+_BLOCK = 1 << 22
 
 
 class WindowCooccurrence:
@@ -19,9 +21,9 @@ class WindowCooccurrence:
 
     Every distinct word gets an id on first sight; the vocabulary cut (the V most frequent words) is
     applied only at the end, by :meth:`restrict`, because the final counts are not known before.
-    Pairs are kept as a sorted table of int64 keys ``lo << 32 | hi`` (``lo <= hi``) with float64
-    weights (16 bytes per distinct pair); chunks of new pairs are merged into it once they reach an
-    eighth of its size, so each merge costs O(table) and memory peaks at about twice the table.
+    Pairs are kept as a sorted table of int64 keys ``lo << 32 | hi`` (``lo <= hi``) with float32
+    weights (12 bytes per distinct pair), in blocks; chunks of new pairs are merged into it once they
+    reach an eighth of its size, so each merge costs O(table) and memory stays near the table's size.
 
     Parameters
     ----------
@@ -49,8 +51,7 @@ class WindowCooccurrence:
         self._counts = np.zeros(0, dtype=np.int64)
         self._ids, self._lines = [], []
         self._n_buffered = 0
-        self._keys = np.zeros(0, dtype=np.int64)
-        self._vals = np.zeros(0, dtype=np.float64)
+        self._table = _SortedTable()
         self._pending = []
 
     def add(self, tokens):
@@ -95,13 +96,12 @@ class WindowCooccurrence:
         new = np.full(len(self.index_), -1, dtype=np.int64)
         new[old] = np.arange(len(old))
         rows, cols, weights = [], [], []
-        for start in range(0, len(self._keys), _CHUNK_TOKENS):
-            block, vals = self._keys[start:start + _CHUNK_TOKENS], self._vals[start:start + _CHUNK_TOKENS]
+        for block, vals in self._table.blocks:
             lo, hi = new[block >> 32], new[block & 0xFFFFFFFF]
             keep = (lo >= 0) & (hi >= 0)
             rows.append(lo[keep].astype(np.int32))
             cols.append(hi[keep].astype(np.int32))
-            weights.append(vals[keep])
+            weights.append(vals[keep].astype(np.float64))
         n = len(old)
         upper = scipy.sparse.csr_array((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
                                        shape=(n, n))
@@ -126,26 +126,64 @@ class WindowCooccurrence:
             keys.append(np.minimum(a, b) << 32 | np.maximum(a, b))
             vals.append(np.full(len(a), 1.0 if self.weighting == "uniform" else 1.0 / o))
         self._pending.append(_sum_duplicates(np.concatenate(keys), np.concatenate(vals)))
-        if sum(len(k) for k, _ in self._pending) > max(len(self._keys) // 8, _CHUNK_TOKENS):
+        if sum(len(k) for k, _ in self._pending) > max(len(self._table) // 8, _CHUNK_TOKENS):
             self._merge()
 
     def _merge(self):
-        # Insert the new keys into the sorted table instead of re-sorting it: the peak is about
-        # twice the table (old + new copy), not the ~5x of a unique() over the concatenation.
         if not self._pending:
             return
         keys, vals = self._pending[0] if len(self._pending) == 1 else _sum_duplicates(
             np.concatenate([k for k, _ in self._pending]), np.concatenate([v for _, v in self._pending]))
         self._pending = []
-        at = np.searchsorted(self._keys, keys)
-        found = at < len(self._keys)
-        found[found] = self._keys[at[found]] == keys[found]
-        self._vals[at[found]] += vals[found]  # keys are unique: no repeated index
-        new = ~found
-        self._keys = np.insert(self._keys, at[new], keys[new])
-        self._vals = np.insert(self._vals, at[new], vals[new])
+        self._table.add(keys, vals)
 
 
 def _sum_duplicates(keys, vals):
     keys, inverse = np.unique(keys, return_inverse=True)
     return keys, np.bincount(inverse, weights=vals)
+
+
+class _SortedTable:
+    """Sorted unique int64 keys with float32 weights, held in blocks of at most ``2 * block`` entries.
+
+    New keys are inserted block by block, so an insertion copies one block at a time: memory peaks
+    at the table plus one block, not twice the table. float32 holds integer counts exactly up to
+    2**24 and sums of chunk counts to 6e-8 relative error beyond.
+    """
+
+    def __init__(self):
+        self.block = _BLOCK
+        self.blocks = []
+
+    def __len__(self):
+        return sum(len(k) for k, _ in self.blocks)
+
+    def add(self, keys, vals):
+        """Add weights ``vals`` at sorted unique ``keys``."""
+        vals = vals.astype(np.float32)
+        if not self.blocks:
+            self.blocks = [(keys[i:i + self.block], vals[i:i + self.block]) for i in range(0, len(keys), self.block)]
+            return
+        firsts = np.array([k[0] for k, _ in self.blocks])
+        # Keys below the first block go to it; bounds[b]:bounds[b + 1] are block b's new keys.
+        bounds = np.searchsorted(keys, firsts[1:]).tolist()
+        bounds = [0] + bounds + [len(keys)]
+        out = []
+        for (table_keys, table_vals), lo, hi in zip(self.blocks, bounds[:-1], bounds[1:]):
+            if hi > lo:
+                table_keys, table_vals = _insert(table_keys, table_vals, keys[lo:hi], vals[lo:hi])
+            if len(table_keys) > 2 * self.block:
+                half = len(table_keys) // 2
+                out += [(table_keys[:half].copy(), table_vals[:half].copy()), (table_keys[half:], table_vals[half:])]
+            else:
+                out.append((table_keys, table_vals))
+        self.blocks = out
+
+
+def _insert(table_keys, table_vals, keys, vals):
+    at = np.searchsorted(table_keys, keys)
+    found = at < len(table_keys)
+    found[found] = table_keys[at[found]] == keys[found]
+    table_vals[at[found]] += vals[found]  # keys are unique: no repeated index
+    new = ~found
+    return np.insert(table_keys, at[new], keys[new]), np.insert(table_vals, at[new], vals[new])

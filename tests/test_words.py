@@ -28,8 +28,9 @@ def _brute_force(lines, words, window, weighting):
 
 @pytest.mark.parametrize("weighting", ["uniform", "inverse_distance"])
 def test_cooccurrence_matches_brute_force_across_chunks(monkeypatch, weighting):
-    # A tiny chunk size forces many flushes and merges into the sorted table.
+    # Tiny chunks and blocks force many flushes, merges into the sorted table and block splits.
     monkeypatch.setattr(smt.cooccurrence, "_CHUNK_TOKENS", 7)
+    monkeypatch.setattr(smt.cooccurrence, "_BLOCK", 5)
     rng = np.random.default_rng(0)
     vocab = [f"w{i}" for i in range(12)]
     lines = [[vocab[j] for j in rng.integers(0, 12, rng.integers(0, 15))] for _ in range(80)]
@@ -40,7 +41,8 @@ def test_cooccurrence_matches_brute_force_across_chunks(monkeypatch, weighting):
     f, c = stats.restrict(kept)
     f_ref, c_ref = _brute_force(lines, kept, 3, weighting)
     np.testing.assert_array_equal(f, f_ref)
-    np.testing.assert_allclose(c.toarray(), c_ref, atol=1e-12)
+    np.testing.assert_allclose(c.toarray(), c_ref, rtol=1e-6)
+    assert len(stats._table.blocks) > 3
     assert stats.n_tokens_ == sum(map(len, lines)) and stats.n_lines_ == 80
 
 
