@@ -42,7 +42,7 @@ def configs(args):
 
 
 def table(rows):
-    lines = ["| experiment | method | train set | batches | budget s | epochs | steps | kNN top-1 | top-5 |",
+    lines = [f"| experiment | method | train set | batches | budget s ({rows[0].get('clock', 'wall')}) | epochs | steps | kNN top-1 | top-5 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a = r["args"]
@@ -73,6 +73,8 @@ def main(argv=None):
     ap.add_argument("--n-prototypes", type=int, default=1024)
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
+                    help="budgets in wall-clock or in CPU seconds of the process (fair on a shared CPU)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="runs/ssl_sampler.jsonl")
@@ -90,7 +92,7 @@ def main(argv=None):
                      "--width", str(args.width), "--vit-dim", str(args.vit_dim), "--vit-depth", str(args.vit_depth),
                      "--vit-heads", str(args.vit_heads), "--n-prototypes", str(args.n_prototypes),
                      "--eval-every", str(args.eval_every), "--seed", str(args.seed), "--device", args.device,
-                     "--no-progress", *extra]
+                     "--clock", args.clock, "--no-progress", *extra]
             print(f"== {exp}: {method} {' '.join(extra)}", flush=True)
             row = ssl_train.main(argv_)
             row["experiment"] = exp

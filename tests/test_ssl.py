@@ -222,9 +222,21 @@ def test_lars_trust_ratio_is_clipped_at_the_global_rate():
     for lr, expected in [(1.0, 1 - 0.02), (0.01, 1 - 0.01)]:
         w = torch.nn.Parameter(torch.ones(2, 2))          # ||w|| = ||g|| = 2: local rate eta = 0.02
         w.grad = torch.ones(2, 2)
-        LARS([w], lr=lr, eta=0.02).step()
+        LARS([w], lr=lr, eta=0.02, clip_lr=True).step()
         assert torch.allclose(w.detach(), torch.full((2, 2), expected))
+        w = torch.nn.Parameter(torch.ones(2, 2))           # unclipped: the step is lr * eta * g
+        w.grad = torch.ones(2, 2)
+        LARS([w], lr=lr, eta=0.02).step()
+        assert torch.allclose(w.detach(), torch.full((2, 2), 1 - lr * 0.02))
     b = torch.nn.Parameter(torch.ones(2))                 # excluded group: plain SGD
     b.grad = torch.ones(2)
     LARS([{"params": [b], "lars": False}], lr=0.5).step()
     assert torch.allclose(b.detach(), torch.full((2,), 0.5))
+
+
+def test_core_library_does_not_import_ssl():
+    import subprocess
+    import sys
+    code = "import sys, smt, smt.image, smt.knn, smt.cli; print('smt.ssl' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

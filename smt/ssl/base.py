@@ -111,6 +111,11 @@ class TrainConfig:
     device : str, default "auto"
     amp : bool, default True
         bfloat16 autocast on CUDA (ignored on CPU).
+    clock : {"wall", "process"}, default "wall"
+        What ``budget_minutes`` and ``train_seconds`` count: wall-clock
+        seconds, or CPU seconds of this process (``time.process_time``, all
+        its threads), which is the fair measure of compute on a CPU shared
+        with other jobs.
     checkpoint : str, optional
         File written after every epoch; a run resumes from it when it exists.
     progress : bool, default True
@@ -131,6 +136,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    clock: str = "wall"
     checkpoint: str | None = None
     progress: bool = True
 
@@ -183,7 +189,7 @@ class Trainer:
         self.base_lr = hp["lr"] * config.batch_size / 256  # linear scaling rule, as solo-learn
         groups = param_groups(method, hp["weight_decay"])
         if hp["optimizer"] == "lars":
-            self.opt = LARS(groups, lr=self.base_lr)
+            self.opt = LARS(groups, lr=self.base_lr, clip_lr=hp.get("lars_clip", False))
         elif hp["optimizer"] == "adamw":
             self.opt = torch.optim.AdamW(groups, lr=self.base_lr)
         else:
@@ -191,6 +197,9 @@ class Trainer:
         self.epoch, self.step, self.train_seconds, self.finished = 0, 0, 0.0, False
         self.history: list[dict] = []
         self.gen = torch.Generator(device=self.device)
+        if config.clock not in ("wall", "process"):
+            raise ValueError(f"clock must be 'wall' or 'process', got {config.clock!r}")
+        self._clock = time.perf_counter if config.clock == "wall" else time.process_time
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
@@ -294,7 +303,7 @@ class Trainer:
             bar = tqdm(batches, desc=f"{self.method.name} epoch {self.epoch + 1}/{cfg.epochs}",
                        disable=not cfg.progress, leave=False)
             for idx in bar:
-                tic = time.perf_counter()
+                tic = self._clock()
                 self._set_lr(self._progress(len(batches)))
                 v1, v2 = self.augment(x[torch.as_tensor(idx, device=self.device)], self.gen)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -306,7 +315,7 @@ class Trainer:
                 self.method.after_step(min(self._progress(len(batches)), 1.0))
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
-                self.train_seconds += time.perf_counter() - tic
+                self.train_seconds += self._clock() - tic
                 last_loss = float(loss.detach())
                 if not np.isfinite(last_loss):
                     raise FloatingPointError(f"{self.method.name}: loss became {last_loss} at step {self.step}")

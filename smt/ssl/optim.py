@@ -11,10 +11,17 @@ __all__ = ["LARS", "warmup_cosine", "param_groups"]
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
 
-    The form of solo-learn's ``LARS``: for each parameter tensor ``w`` with
-    gradient ``g``, the local rate is ``eta * ||w|| / (||g|| + wd * ||w||)``;
-    with ``clip_lr`` the step ``(g + wd * w)`` is scaled by
-    ``min(local / lr, 1)``, so LARS never raises the global rate.  Groups with ``lars=False`` (biases and norm
+    For each parameter tensor ``w`` with gradient ``g``, the local rate is
+    ``local = eta * ||w|| / (||g|| + wd * ||w||)`` and the step ``g + wd * w``
+    is scaled by ``local`` (the original LARS, as in the official VICReg and
+    BYOL code) or, with ``clip_lr`` (solo-learn's option), by
+    ``min(local / lr, 1)`` so that LARS never raises the global rate.
+
+    ``clip_lr`` is off by default: at small ``lr`` (the start of a warmup) the
+    clipped factor is 1, raw gradients enter the momentum buffer, and they are
+    still there when the rate has grown.  Over solo-learn's 10-epoch warmup
+    they decay away; over the ~10-step warmups of this project's CPU budgets
+    VICReg diverged (NaN at step 7), while the unclipped form trained stably.  Groups with ``lars=False`` (biases and norm
     layers, as in solo-learn's ``exclude_bias_n_norm_lars``) are plain SGD.
 
     Parameters
@@ -25,11 +32,11 @@ class LARS(torch.optim.Optimizer):
     weight_decay : float, default 0.0
     eta : float, default 0.02
         Trust coefficient (solo-learn's default).
-    clip_lr : bool, default True
+    clip_lr : bool, default False
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.02, clip_lr: bool = True) -> None:
+                 eta: float = 0.02, clip_lr: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip_lr=clip_lr,
                         lars=True)
         super().__init__(params, defaults)
@@ -46,7 +53,7 @@ class LARS(torch.optim.Optimizer):
                     continue
                 g = p.grad
                 if group["lars"]:
-                    # solo-learn's form: trust ratio eta ||w|| / (||g|| + wd ||w||), and with clip_lr
+                    # trust ratio eta ||w|| / (||g|| + wd ||w||) (solo-learn's denominator); clipped,
                     # the adapted rate min(eta ||w|| / (...), lr) never exceeds the global one
                     w_norm, g_norm = torch.norm(p), torch.norm(g)
                     trust = group["eta"] * w_norm / (g_norm + group["weight_decay"] * w_norm + 1e-8)
