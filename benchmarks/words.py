@@ -81,8 +81,8 @@ def ppmi_svd(corpus, words, dim, window, cds=0.75):
     stats = WindowCooccurrence(window)
     for tokens in corpus:
         stats.add(tokens)
-    _, c = stats.restrict(words)
-    c = c.tocoo()
+    words, _, upper = stats.restrict(words)
+    c = (upper + upper.T).tocoo()
     rows = np.asarray(c.sum(axis=1)).ravel()
     context = rows ** cds
     pmi = np.log(c.data * context.sum() / (rows[c.row] * context[c.col]))

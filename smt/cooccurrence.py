@@ -74,7 +74,7 @@ class WindowCooccurrence:
         return self._counts
 
     def restrict(self, words):
-        """Counts and co-occurrence matrix of ``words`` only.
+        """Counts and co-occurrences of ``words`` only, as the upper triangle of C; consumes the table.
 
         Parameters
         ----------
@@ -83,32 +83,51 @@ class WindowCooccurrence:
 
         Returns
         -------
+        words : list of str
+            The same words in order of first sight: the order of the rows below. In this order the
+            sorted pair table maps straight onto CSR rows, with no sort and no second copy of C.
         f : ndarray of shape (V,), int64
             Occurrences of each word.
-        C : scipy.sparse.csr_array of shape (V, V), float64
-            Symmetric co-occurrence weights: ``C[i, j]`` sums over ordered position pairs (p, q),
+        upper : scipy.sparse.csr_array of shape (V, V), float64
+            Upper triangle (with the diagonal) U of the symmetric co-occurrence weights
+            ``C = U + U.T``: ``C[i, j]`` sums over ordered position pairs (p, q),
             ``0 < |p - q| <= w`` in one line, with word i at p and word j at q. Pairs with a word
             outside ``words`` are dropped; such words still took window positions.
+
+        Notes
+        -----
+        The pair table is released block by block while U is built, so memory peaks near the
+        larger of the two rather than their sum; the statistics cannot be restricted twice.
         """
         self._flush()
         self._merge()
-        old = np.fromiter((self.index_[w] for w in words), dtype=np.int64, count=len(words))
+        old = np.sort(np.fromiter((self.index_[w] for w in words), dtype=np.int64, count=len(words)))
+        names = list(self.index_)
         new = np.full(len(self.index_), -1, dtype=np.int64)
         new[old] = np.arange(len(old))
-        rows, cols, weights = [], [], []
-        for block, vals in self._table.blocks:
-            lo, hi = new[block >> 32], new[block & 0xFFFFFFFF]
+
+        def remap(keys):
+            lo, hi = new[keys >> 32], new[keys & 0xFFFFFFFF]
             keep = (lo >= 0) & (hi >= 0)
-            rows.append(lo[keep].astype(np.int32))
-            cols.append(hi[keep].astype(np.int32))
-            weights.append(vals[keep].astype(np.float64))
-        n = len(old)
-        upper = scipy.sparse.csr_array((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
-                                       shape=(n, n))
-        del rows, cols, weights
-        # Each unordered position pair was counted once: C = U + U^T (the diagonal doubles, as
-        # the pair (p, q) and (q, p) both have the same word at both ends).
-        return self._counts[old], (upper + upper.T).tocsr()
+            return lo[keep], hi[keep], keep
+
+        nnz = sum(len(remap(keys)[0]) for keys, _ in self._table.blocks)
+        index_dtype = np.int32 if nnz < 2**31 else np.int64  # one dtype, or scipy copies to unify them
+        indices = np.empty(nnz, dtype=index_dtype)
+        data = np.empty(nnz, dtype=np.float64)
+        row_counts = np.zeros(len(old), dtype=np.int64)
+        at = 0
+        while self._table.blocks:
+            keys, vals = self._table.blocks.pop(0)
+            lo, hi, keep = remap(keys)
+            indices[at:at + len(hi)] = hi
+            data[at:at + len(hi)] = vals[keep]
+            row_counts += np.bincount(lo, minlength=len(old))
+            at += len(hi)
+            del keys, vals, lo, hi, keep
+        indptr = np.concatenate([[0], np.cumsum(row_counts)]).astype(index_dtype)
+        upper = scipy.sparse.csr_array((data, indices, indptr), shape=(len(old), len(old)))
+        return [names[i] for i in old], self._counts[old], upper
 
     def _flush(self):
         if not self._ids:

@@ -322,20 +322,21 @@ def _orient(vecs):
     return vecs * np.sign(vecs[pivot, np.arange(vecs.shape[1])])
 
 
-def solve_sparse_embedding(counts, cooccurrence, n_components, n_skip=1, random_state=None):
+def solve_sparse_embedding(counts, upper, n_components, n_skip=1, random_state=None):
     """Solve ``(Deg - C) p = lambda diag(f) p`` for the slowest directions, sparse (spec 8.5).
 
     The one-hot codes of words make G = diag(f) and M = Deg - C, with C sparse: a dense solve does
     not fit at V = 50 000. The problem is turned into the standard one for
-    ``Q = F^{-1/2} (Deg - C) F^{-1/2}`` (sparse, positive semi-definite), whose smallest eigenpairs
-    ARPACK finds by Lanczos; ``p = F^{-1/2} u``.
+    ``Q = F^{-1/2} (Deg - C) F^{-1/2}`` (positive semi-definite), whose smallest eigenpairs ARPACK
+    finds by Lanczos; ``p = F^{-1/2} u``. Q is applied as an operator, from C's upper triangle.
 
     Parameters
     ----------
     counts : array-like of shape (V,)
         f, positive counts (G = diag(f)).
-    cooccurrence : scipy sparse array of shape (V, V)
-        C, symmetric non-negative co-occurrence weights.
+    upper : scipy sparse array of shape (V, V)
+        Upper triangle (with the diagonal) U of the symmetric, non-negative co-occurrence weights
+        ``C = U + U.T`` (as :meth:`smt.cooccurrence.WindowCooccurrence.restrict` returns it).
     n_components : int
         d, the number of kept directions.
     n_skip : int
@@ -356,17 +357,24 @@ def solve_sparse_embedding(counts, cooccurrence, n_components, n_skip=1, random_
     from sklearn.utils import check_random_state
 
     f = np.asarray(counts, dtype=np.float64)
-    c = scipy.sparse.csr_array(cooccurrence, dtype=np.float64)
+    u_csr = scipy.sparse.csr_array(upper, dtype=np.float64)
+    u_csc = u_csr.T  # a CSC view: the transpose costs no copy
     n_total = n_skip + n_components
     if n_total >= len(f):
         raise ValueError(f"n_skip + n_components = {n_total} must be below the {len(f)} words of the problem")
-    s = scipy.sparse.diags_array(1 / np.sqrt(f))
-    degree = scipy.sparse.diags_array(np.asarray(c.sum(axis=1)).ravel())
-    q = (s @ (degree - c) @ s).tocsr()
+    s = 1 / np.sqrt(f)
+    degree = np.asarray(u_csr.sum(axis=1)).ravel() + np.asarray(u_csr.sum(axis=0)).ravel()
+
+    def q(x):
+        x = np.asarray(x).reshape(-1)
+        y = s * x
+        return degree * s * y - s * (u_csr @ y + u_csc @ y)
+
+    operator = scipy.sparse.linalg.LinearOperator((len(f), len(f)), matvec=q, dtype=np.float64)
     v0 = check_random_state(random_state).uniform(-1, 1, len(f))
     # Krylov spaces are shift-invariant, so the smallest eigenvalues of Q come as fast as the
     # largest of c I - Q (spec 8.5): no explicit shift is needed.
-    evals, u = scipy.sparse.linalg.eigsh(q, k=n_total, which="SA", v0=v0)
+    evals, u = scipy.sparse.linalg.eigsh(operator, k=n_total, which="SA", v0=v0)
     order = np.argsort(evals)
     evals, u = evals[order], u[:, order]
     vecs = _orient(u * (np.sqrt(f.sum()) / np.sqrt(f))[:, None])

@@ -384,40 +384,48 @@ class SMTWordEmbedding(BaseEstimator):
             raise ValueError(f"the corpus holds no tokens ({stats.n_lines_} lines read): nothing to embed")
         vocab = Vocabulary(self.min_count, self.max_vocab, self.specials)._from_counts(
             Counter(dict(zip(stats.index_, counts.tolist()))), stats.n_lines_)
-        f, c = stats.restrict(vocab.tokens_)
+        words, f, upper = stats.restrict(vocab.tokens_)
+        n_tokens, n_lines = stats.n_tokens_, stats.n_lines_
+        del stats  # the pair table is spent: free it before the solve
         count_seconds = time.perf_counter() - tic
 
         # Words in other connected components than the largest have no defined relation to it:
         # each extra component adds a zero eigenvalue, so they are left out of the vocabulary.
         keep = np.zeros(len(f), dtype=bool)
         if len(f):
-            _, label = scipy.sparse.csgraph.connected_components(c, directed=False)
+            _, label = scipy.sparse.csgraph.connected_components(upper, directed=False)
             keep = label == np.bincount(label).argmax()
-            keep &= np.asarray(c.sum(axis=1)).ravel() > 0
+            keep &= (np.asarray(upper.sum(axis=0)).ravel() + np.asarray(upper.sum(axis=1)).ravel()) > 0
         n_total = self.n_components + self.n_skip
         if keep.sum() <= n_total:
             raise ValueError(
                 f"n_components + n_skip = {n_total} needs more than that many connected words, but the "
                 f"corpus gives {int(keep.sum())} ({len(f)} in the vocabulary, min_count={self.min_count}, "
                 f"max_vocab={self.max_vocab}); lower n_components or fit on more text")
-        f, c = f[keep], c[keep][:, keep]
+        if not keep.all():
+            f, upper = f[keep], upper[keep][:, keep]
+            words = [w for w, k in zip(words, keep) if k]
 
         tic = time.perf_counter()
         solver = self.solver
         if solver == "auto":
             solver = "dense" if len(f) <= _DENSE_MAX_WORDS else "sparse"
         if solver == "dense":
-            laplacian = np.diag(np.asarray(c.sum(axis=1)).ravel()) - c.toarray()
-            p, evals, _ = solve_embedding(np.diag(f.astype(np.float64)), laplacian, int(f.sum()),
+            c = (upper + upper.T).toarray()
+            p, evals, _ = solve_embedding(np.diag(f.astype(np.float64)), np.diag(c.sum(axis=1)) - c, int(f.sum()),
                                           self.n_components, self.n_skip)
         else:
-            p, evals, _ = solve_sparse_embedding(f, c, self.n_components, self.n_skip, self.random_state)
-        self.vocabulary_ = [w for w, k in zip(vocab.tokens_, keep) if k]
-        self.counts_ = f
+            p, evals, _ = solve_sparse_embedding(f, upper, self.n_components, self.n_skip, self.random_state)
+        # Rows were in order of first sight (see restrict): back to the vocabulary's order.
+        rank = np.fromiter((vocab.index_[w] for w in words), dtype=np.int64, count=len(words))
+        order = np.argsort(rank)
+        self.vocabulary_ = [words[i] for i in order]
+        self.counts_ = f[order]
+        p = p[:, order]
         self.components_ = p
         self.eigenvalues_ = evals
-        self.n_tokens_ = stats.n_tokens_
-        self.n_lines_ = stats.n_lines_
+        self.n_tokens_ = n_tokens
+        self.n_lines_ = n_lines
         self.n_dropped_words_ = int(len(keep) - keep.sum())
         self.fit_stats_ = {"count_seconds": count_seconds, "solve_seconds": time.perf_counter() - tic}
         self._set_embedding()

@@ -3,6 +3,7 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.sparse
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -38,11 +39,13 @@ def test_cooccurrence_matches_brute_force_across_chunks(monkeypatch, weighting):
     for line in lines:
         stats.add(line)
     kept = vocab[3:11]  # words outside the kept set still take window positions
-    f, c = stats.restrict(kept)
-    f_ref, c_ref = _brute_force(lines, kept, 3, weighting)
-    np.testing.assert_array_equal(f, f_ref)
-    np.testing.assert_allclose(c.toarray(), c_ref, rtol=1e-6)
     assert len(stats._table.blocks) > 3
+    words, f, upper = stats.restrict(kept[::-1])
+    assert words == sorted(kept, key=stats.index_.get)  # rows in order of first sight
+    assert scipy.sparse.triu(upper).nnz == upper.nnz
+    f_ref, c_ref = _brute_force(lines, words, 3, weighting)
+    np.testing.assert_array_equal(f, f_ref)
+    np.testing.assert_allclose((upper + upper.T).toarray(), c_ref, rtol=1e-6)
     assert stats.n_tokens_ == sum(map(len, lines)) and stats.n_lines_ == 80
 
 
