@@ -69,9 +69,13 @@ def broadcast_int(value, src=0):
 def gather_rows(local, counts):
     """Concatenate every process's rows in rank order, on every process.
 
+    One broadcast per contributing rank, of exactly its rows (no padding), so the memory is
+    that of the result.
+
     Parameters
     ----------
     local : torch.Tensor of shape (counts[rank], ...), on the CPU
+        Same trailing shape and dtype on every process.
     counts : list of int
         Row count of every rank (all processes pass the same list).
 
@@ -81,16 +85,22 @@ def gather_rows(local, counts):
     """
     if not is_active():
         return local
+    me, device = rank(), _comm_device()
     dtype = local.dtype
-    send = local.to(torch.uint8) if dtype == torch.bool else local
-    width = max(counts)
-    padded = send.new_zeros((width,) + tuple(send.shape[1:]))
-    padded[:len(send)] = send
-    padded = padded.to(_comm_device())
-    out = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(out, padded)
-    rows = torch.cat([o[:c] for o, c in zip(out, counts)]).cpu()
-    return rows.to(dtype)
+    wire = torch.uint8 if dtype == torch.bool else dtype
+    parts = []
+    for src, count in enumerate(counts):
+        if count == 0:
+            continue
+        if src == me:
+            buf = local.to(wire).to(device).contiguous()
+        else:
+            buf = torch.empty((count,) + tuple(local.shape[1:]), dtype=wire, device=device)
+        dist.broadcast(buf, src)
+        parts.append(buf.cpu())
+    if not parts:
+        return local[:0]
+    return torch.cat(parts).to(dtype)
 
 
 def broadcast_arrays(arrays, src=0):
