@@ -109,7 +109,7 @@ def broadcast_arrays(arrays, src=0):
         return arrays
     out = {}
     for name, value in arrays.items():
-        t = torch.as_tensor(np.ascontiguousarray(value)).to(_comm_device())
+        t = torch.tensor(np.asarray(value), device=_comm_device())  # a copy: the caller's arrays stay as they are
         dist.broadcast(t, src)
         out[name] = t.cpu().numpy().reshape(np.shape(value))
     return out
