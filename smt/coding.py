@@ -93,10 +93,12 @@ def _code_block(x, dictionary, coding, threshold, n_nonzero, max_active, empty_c
     if empty_code == "argmax":
         none = ~mask.any(dim=1)
         mask[none, s[none].argmax(dim=1)] = True
-    counts = mask.sum(dim=1)
+    r, c = mask.nonzero(as_tuple=True)
+    # Counting from the few active entries: a row sum over the whole (n, K) mask costs more than
+    # the GEMM on CPU (bool reductions are slow there).
+    counts = torch.bincount(r, minlength=x.shape[0])
     width = int(counts.max()) if len(counts) else 0
     out = torch.full((x.shape[0], max(width, 1)), -1, dtype=torch.int64, device=x.device)
-    r, c = mask.nonzero(as_tuple=True)
     starts = torch.cumsum(counts, 0) - counts
     out[r, torch.arange(len(r), device=x.device) - starts[r]] = c
     return out
