@@ -172,7 +172,9 @@ class ContextStatistics:
             raise ValueError(f"{b} images do not split into {n_views} views of equal count")
         flat_i, flat_v = indices.reshape(-1, m), values.reshape(-1, m)
         nodes = nonempty.reshape(-1)
-        _add_pairs(self._gram, k, flat_i[nodes], flat_v[nodes], flat_i[nodes], flat_v[nodes])
+        # The whole-image context reuses this batch's G (see _add_whole_image): keep it apart.
+        batch_gram = torch.zeros_like(self._gram) if self.context == "image" else self._gram
+        _add_pairs(batch_gram, k, flat_i[nodes], flat_v[nodes], flat_i[nodes], flat_v[nodes])
         used = flat_i[nodes]
         used = used[used >= 0]
         self.usage_ += torch.bincount(used, minlength=k).to(torch.float64)
@@ -185,7 +187,8 @@ class ContextStatistics:
             def stack(t):
                 return t.reshape(n_views, scenes, h, w, *t.shape[3:]).transpose(0, 1).reshape(
                     scenes, n_views * h, w, *t.shape[3:])
-            self._add_whole_image(stack(indices), stack(values), stack(nonempty))
+            self._gram += batch_gram
+            self._add_whole_image(stack(indices), stack(values), stack(nonempty), batch_gram)
         else:
             # Neighbour lists cost V (2r+1)^2 * m per patch: walk the batch in slices of scenes.
             per_scene = n_views * h * w * (n_views * (2 * self.context + 1) ** 2 - 1) * m
@@ -197,20 +200,26 @@ class ContextStatistics:
                 self._add_window(part(indices, i), part(values, i), part(nonempty, i), n_views)
         return self
 
-    def _add_whole_image(self, indices, values, nonempty):
+    def _add_whole_image(self, indices, values, nonempty, batch_gram):
         # First order over the complete graph of an image: m G_img - s s^T; second order is the
-        # same times m / (m - 1)^2 (spec 5.3).
+        # same times m / (m - 1)^2 (spec 5.3). The pair term weighs each image's G_img by
+        # w(m) = m (order 1) or m^2 / (m - 1)^2: with w_ref = w(full grid) it is
+        # w_ref G_batch + sum_img (w(m_img) - w_ref) G_img, so only images with constant patches
+        # need their pairs scattered again; the statistics pass does about half the work.
         k = self.n_atoms
-        b, _, _, mm = indices.shape
+        b, h, w, mm = indices.shape
         m_img = nonempty.reshape(b, -1).sum(1).to(torch.float64)
         if self.order == 1:
             scale = torch.ones_like(m_img)
+            w_ref = float(h * w)
         else:
             scale = torch.where(m_img > 1, m_img / (m_img - 1).clamp(min=1) ** 2, torch.zeros_like(m_img))
+            w_ref = float(h * w) ** 2 / (h * w - 1) ** 2 if h * w > 1 else 0.0
+        self._context += w_ref * batch_gram
         flat_i = indices.reshape(b, -1, mm)
         flat_v = values.reshape(b, -1, mm).to(torch.float64)
-        node = nonempty.reshape(b, -1)
-        weighted = flat_v * (scale * m_img)[:, None, None]
+        node = nonempty.reshape(b, -1) & (m_img != h * w)[:, None]
+        weighted = flat_v * (scale * m_img - w_ref)[:, None, None]
         _add_pairs(self._context, k, flat_i[node], weighted[node], flat_i[node], flat_v[node])
         sums = torch.zeros(b, k + 1, dtype=torch.float64, device=indices.device)
         sums.scatter_add_(1, (flat_i.where(flat_i >= 0, k)).reshape(b, -1), flat_v.reshape(b, -1))
