@@ -5,7 +5,7 @@
 once for all methods: two-view augmentation on the device, the mini-batch
 order (shuffled, or :class:`~smt.ssl.sampler.ClassBatchSampler`), LARS or
 AdamW with warmup + cosine, mixed precision on CUDA, a checkpoint after every
-epoch with exact resume, a wall-clock budget, the SMT paper's kNN protocol
+epoch with exact resume, a time budget (wall-clock or CPU time), the SMT paper's kNN protocol
 (:class:`smt.knn.StreamingKNN`, k 30, T 0.03, on backbone features) every
 ``eval_every`` epochs, and progress bars.
 """
