@@ -1,9 +1,7 @@
 """The SMT image estimator: patches -> whitening -> dictionary -> sparse codes -> spectral
 embedding -> average pooling, behind the scikit-learn transformer API."""
 import hashlib
-import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from tqdm.auto import tqdm
 
 from smt import distributed
 from smt._device import resolve_device
+from smt._io import load_npz, save_npz
 from smt._validation import as_images, to_batch
 from smt.augment import gray_views
 from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, sparse_code
@@ -252,7 +251,7 @@ class SMT(TransformerMixin, BaseEstimator):
         arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays()}
         meta = {"format_version": _FORMAT_VERSION, "params": self.get_params(),
                 "image_shape": list(self.image_shape_)}
-        _save_npz(path, meta, arrays)
+        save_npz(path, meta, arrays)
 
     @classmethod
     def load(cls, path, device=None):
@@ -264,7 +263,7 @@ class SMT(TransformerMixin, BaseEstimator):
         device : str or None
             Overrides the saved ``device`` parameter.
         """
-        meta, arrays = _load_npz(path)
+        meta, arrays = load_npz(path)
         if meta.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"{path} is not an SMT model file of format version {_FORMAT_VERSION}")
         model = cls(**meta["params"])
@@ -593,13 +592,13 @@ class SMT(TransformerMixin, BaseEstimator):
             arrays["sample.patches"] = sample["patches"].cpu().numpy()
         meta = {"format_version": _FORMAT_VERSION, "run": run, "params": self._model_params(),
                 "fingerprint": _fingerprint(images), "n_nonempty": int(sample.get("n_nonempty", 0))}
-        _save_npz(self._ckpt_path, meta, arrays)
+        save_npz(self._ckpt_path, meta, arrays)
 
     def _resume(self, run, stages, images, device):
         path = self._ckpt_path
         if not path or not Path(path).exists():
             return run, stages
-        meta, arrays = _load_npz(path)
+        meta, arrays = load_npz(path)
         if meta.get("params") != self._model_params() or meta.get("fingerprint") != _fingerprint(images):
             raise ValueError(f"the checkpoint {path} was written by a fit with other parameters or other "
                              f"images; delete it or choose another checkpoint_path")
@@ -674,16 +673,3 @@ def _fingerprint(images):
     digest = hashlib.sha1(first.tobytes() + last.tobytes()).hexdigest()
     return {"shape": list(images.shape), "dtype": str(images.dtype), "sha1": digest}
 
-
-def _save_npz(path, meta, arrays):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, __meta__=np.array(json.dumps(meta)), **arrays)
-    os.replace(tmp, path)
-
-
-def _load_npz(path):
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["__meta__"]))
-        arrays = {k: data[k] for k in data.files if k != "__meta__"}
-    return meta, arrays
