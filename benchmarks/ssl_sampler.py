@@ -66,19 +66,10 @@ def main(argv=None):
     ap.add_argument("--imbalanced-k", type=int, default=1)
     ap.add_argument("--long-tail", type=int, default=1000, metavar="N_MAX")
     ap.add_argument("--only", choices=["balance", "prior"], default=None)
-    ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--vit-dim", type=int, default=192)
-    ap.add_argument("--vit-depth", type=int, default=12)
-    ap.add_argument("--vit-heads", type=int, default=3)
-    ap.add_argument("--n-prototypes", type=int, default=1024)
     ap.add_argument("--eval-every", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
-                    help="budgets in wall-clock or in CPU seconds of the process (fair on a shared CPU)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="runs/ssl_sampler.jsonl")
     ap.add_argument("--report", default=None)
+    ssl_train.add_model_arguments(ap)
     args = ap.parse_args(argv)
     if args.report:
         rows = [json.loads(line) for line in open(args.report)]
@@ -89,10 +80,7 @@ def main(argv=None):
         for exp, method, extra in configs(args):
             argv_ = ["--method", method, "--data", str(args.data), "--n-test", str(args.n_test),
                      "--epochs", str(args.epochs), "--budget-minutes", str(args.budget_minutes),
-                     "--width", str(args.width), "--vit-dim", str(args.vit_dim), "--vit-depth", str(args.vit_depth),
-                     "--vit-heads", str(args.vit_heads), "--n-prototypes", str(args.n_prototypes),
-                     "--eval-every", str(args.eval_every), "--seed", str(args.seed), "--device", args.device,
-                     "--clock", args.clock, "--no-progress", *extra]
+                     "--eval-every", str(args.eval_every), *ssl_train.model_argv(args), "--no-progress", *extra]
             print(f"== {exp}: {method} {' '.join(extra)}", flush=True)
             row = ssl_train.main(argv_)
             row["experiment"] = exp

@@ -51,10 +51,7 @@ def run_deep(args, method: str, budget_minutes: float) -> dict:
     """Train one deep method for ``budget_minutes`` of training time (smt.ssl.train)."""
     argv = ["--method", method, "--data", str(args.data), "--n-train", str(args.n_train),
             "--n-test", str(args.n_test), "--epochs", str(args.epochs), "--budget-minutes", str(budget_minutes),
-            "--width", str(args.width), "--vit-dim", str(args.vit_dim), "--vit-depth", str(args.vit_depth),
-            "--vit-heads", str(args.vit_heads), "--n-prototypes", str(args.n_prototypes),
-            "--eval-every", str(args.eval_every), "--seed", str(args.seed), "--device", args.device,
-            "--clock", args.clock, "--no-progress"]
+            "--eval-every", str(args.eval_every), *ssl_train.model_argv(args), "--no-progress"]
     row = ssl_train.main(argv)
     row["method"] = method
     row["backbone"] = (f"ViT dim {args.vit_dim}, depth {args.vit_depth}" if method in ("msn", "pmsn")
@@ -111,22 +108,13 @@ def main(argv=None):
     ap.add_argument("--budget-minutes", type=float, default=None, help="default: SMT's time")
     ap.add_argument("--epochs", type=int, default=100, help="planned epochs (warmup = 10 %% of them)")
     ap.add_argument("--eval-every", type=int, default=2)
-    ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--vit-dim", type=int, default=192)
-    ap.add_argument("--vit-depth", type=int, default=12)
-    ap.add_argument("--vit-heads", type=int, default=3)
-    ap.add_argument("--n-prototypes", type=int, default=1024)
     ap.add_argument("--smt-n-atoms", type=int, default=1024)
     ap.add_argument("--smt-d", type=int, default=128)
     ap.add_argument("--smt-n-skip", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
-                    help="budgets in wall-clock or in CPU seconds of the process (fair on a shared CPU)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="runs/ssl_vs_smt.jsonl")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--report", default=None, help="only print the table / plot of this JSON-lines file")
+    ssl_train.add_model_arguments(ap)
     args = ap.parse_args(argv)
     if args.report:
         rows = [json.loads(line) for line in open(args.report)]

@@ -24,15 +24,37 @@ from .base import TrainConfig, Trainer
 from .sampler import long_tailed_indices
 
 
+def add_model_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Backbone sizes, seed, device, threads and clock: the options of this runner that the
+    comparison benchmarks (``benchmarks/ssl_*.py``) also take and pass on with :func:`model_argv`."""
+    ap.add_argument("--width", type=int, default=64, help="ResNet-18 width (64 = ResNet-18)")
+    ap.add_argument("--vit-dim", type=int, default=192)
+    ap.add_argument("--vit-depth", type=int, default=12)
+    ap.add_argument("--vit-heads", type=int, default=3)
+    ap.add_argument("--n-prototypes", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
+                    help="budget in wall-clock or in CPU seconds of this process (fair on a shared CPU)")
+    return ap
+
+
+def model_argv(args: argparse.Namespace) -> list[str]:
+    """The options of :func:`add_model_arguments` (but threads, set by the caller's process) as argv."""
+    return ["--width", str(args.width), "--vit-dim", str(args.vit_dim), "--vit-depth", str(args.vit_depth),
+            "--vit-heads", str(args.vit_heads), "--n-prototypes", str(args.n_prototypes),
+            "--seed", str(args.seed), "--device", args.device, "--clock", args.clock]
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(ap)
     ap.add_argument("--method", choices=sorted(METHODS), required=True)
     ap.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
     ap.add_argument("--data", default=None, help="data root holding cifar10/ (default: $SMT_DATA)")
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--budget-minutes", type=float, default=None, help="stop after this much training time")
-    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
-                    help="budget in wall-clock or in CPU seconds of this process (fair on a shared CPU)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=None, help="for batch 256 (default: the paper's)")
     ap.add_argument("--weight-decay", type=float, default=None)
@@ -43,16 +65,8 @@ def parser() -> argparse.ArgumentParser:
                     help="long-tailed training subset: class c keeps N_MAX * (c+1)^-exponent images")
     ap.add_argument("--long-tail-exponent", type=float, default=1.0)
     ap.add_argument("--classes-per-batch", type=int, default=None, help="K of the class batch sampler")
-    ap.add_argument("--width", type=int, default=64, help="ResNet-18 width (64 = ResNet-18)")
-    ap.add_argument("--vit-dim", type=int, default=192)
-    ap.add_argument("--vit-depth", type=int, default=12)
-    ap.add_argument("--vit-heads", type=int, default=3)
     ap.add_argument("--proj-hidden", type=int, default=None)
-    ap.add_argument("--n-prototypes", type=int, default=1024)
     ap.add_argument("--eval-every", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", default=None)
