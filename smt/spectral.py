@@ -6,6 +6,7 @@ every entry is an integer count, so accumulation is exact and its order does not
 """
 import numpy as np
 import scipy.linalg
+import scipy.sparse
 import torch
 import torch.nn.functional as F
 
@@ -23,12 +24,45 @@ _SCIPY_MAX_ATOMS = 8192
 def _add_pairs(target, n_atoms, ia, va, ib, vb):
     """target[a, b] += sum_n sum_{p, q} va[n, p] vb[n, q] for a = ia[n, p], b = ib[n, q] (pads are -1).
 
+    That is ``A^T B`` for the sparse (n, K) matrices whose rows are the padded lists. On CPU it is
+    one sparse matrix product (scipy's SpGEMM): about 10x faster than scattering every pair, which
+    is what the statistics pass of a fit spends nearly all its time on (benchmarks/RESULTS.md,
+    "Speed"). On CUDA the pairs are scattered with ``index_add_``.
+    """
+    if ia.shape[0] == 0:
+        return
+    if target.device.type == "cpu":
+        _add_sparse_product(target.numpy().reshape(n_atoms, n_atoms), _csr(ia, va, n_atoms),
+                            _csr(ib, vb, n_atoms))
+    else:
+        _scatter_pairs(target, n_atoms, ia, va, ib, vb)
+
+
+def _csr(idx, val, n_atoms):
+    """The (n, K) CSR matrix of padded sparse rows (repeated indices in a row add up)."""
+    valid = idx >= 0
+    indptr = np.zeros(idx.shape[0] + 1, dtype=np.int64)
+    np.cumsum(valid.sum(1).numpy(), out=indptr[1:])
+    return scipy.sparse.csr_matrix(
+        (val[valid].numpy().astype(np.float64, copy=False), idx[valid].numpy(), indptr),
+        shape=(idx.shape[0], n_atoms))
+
+
+def _add_sparse_product(out, a, b):
+    """out += a^T b, for CSR matrices a, b of shape (n, K) and a dense float64 out of shape (K, K)."""
+    c = (a.T.tocsr() @ b).tocsr()
+    rows = np.repeat(np.arange(out.shape[0], dtype=np.int64) * out.shape[1], np.diff(c.indptr))
+    # After the product every (row, column) appears once, so a fancy-index add is exact.
+    out.reshape(-1)[rows + c.indices] += c.data
+
+
+def _scatter_pairs(target, n_atoms, ia, va, ib, vb):
+    """``_add_pairs`` by scattering every pair (the CUDA path).
+
     When padding dominates, rows are grouped by their number of valid entries (rounded up to a
     power of two) so the work follows the real pair count, not the widest row of the batch:
     threshold codes vary from a few to hundreds of atoms per patch.
     """
-    if ia.shape[0] == 0:
-        return
     count_a, count_b = (ia >= 0).sum(1), (ib >= 0).sum(1)
     if 2 * int((count_a * count_b).sum()) >= ia.shape[0] * ia.shape[1] * ib.shape[1]:
         _add_padded_pairs(target, n_atoms, ia, va, ib, vb)  # little padding: grouping costs more than it saves

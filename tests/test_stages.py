@@ -268,19 +268,28 @@ def test_torch_solver_matches_scipy(monkeypatch):
     np.testing.assert_allclose(p_torch, p_scipy, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("path", ["sparse_product", "scatter"])  # the CPU and the CUDA path
 @pytest.mark.parametrize("max_width", [2, 40])  # little padding, and rows of very different widths
-def test_pair_accumulation_matches_dense_outer_products(max_width):
-    from smt.spectral import _add_pairs
+def test_pair_accumulation_matches_dense_outer_products(max_width, path):
+    import smt.spectral
     gen = torch.Generator().manual_seed(9)
     n, k = 300, 11
-    width = torch.randint(1, max_width + 1, (n,), generator=gen)
-    width[torch.rand(n, generator=gen) < 0.9] = 1
-    idx = torch.randint(0, k, (n, max_width), generator=gen)
-    idx[torch.arange(max_width)[None, :] >= width[:, None]] = -1
-    idx = idx[:, torch.randperm(max_width, generator=gen)]  # pads anywhere in a row
-    val = (idx >= 0).float() * torch.rand(n, max_width, generator=gen)
-    dense = torch.zeros(n, k, dtype=torch.float64)
-    dense.scatter_add_(1, idx.clamp(min=0), val.double())
+
+    def rows(width_max):
+        width = torch.randint(1, width_max + 1, (n,), generator=gen)
+        width[torch.rand(n, generator=gen) < 0.9] = 1
+        idx = torch.randint(0, k, (n, width_max), generator=gen)  # repeats in a row add up
+        idx[torch.arange(width_max)[None, :] >= width[:, None]] = -1
+        idx = idx[:, torch.randperm(width_max, generator=gen)]  # pads anywhere in a row
+        val = (idx >= 0).float() * torch.rand(n, width_max, generator=gen)
+        dense = torch.zeros(n, k, dtype=torch.float64)
+        dense.scatter_add_(1, idx.clamp(min=0), val.double())
+        return idx, val, dense
+
+    add = smt.spectral._add_pairs if path == "sparse_product" else smt.spectral._scatter_pairs
+    (ia, va, a), (ib, vb, b) = rows(max_width), rows(max_width + 3)
     target = torch.zeros(k * k, dtype=torch.float64)
-    _add_pairs(target, k, idx, val, idx, val)
-    torch.testing.assert_close(target.view(k, k), dense.T @ dense)
+    add(target, k, ia, va, ia, va)
+    torch.testing.assert_close(target.view(k, k), a.T @ a)
+    add(target, k, ia, va, ib, vb)  # adds to what is there
+    torch.testing.assert_close(target.view(k, k), a.T @ a + a.T @ b)
