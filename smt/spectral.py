@@ -32,8 +32,9 @@ def _add_pairs(target, n_atoms, ia, va, ib, vb):
     if ia.shape[0] == 0:
         return
     if target.device.type == "cpu":
-        _add_sparse_product(target.numpy().reshape(n_atoms, n_atoms), _csr(ia, va, n_atoms),
-                            _csr(ib, vb, n_atoms))
+        a = _csr(ia, va, n_atoms)
+        b = a if ia is ib and va is vb else _csr(ib, vb, n_atoms)
+        _add_sparse_product(target.numpy().reshape(n_atoms, n_atoms), a, b)
     else:
         _scatter_pairs(target, n_atoms, ia, va, ib, vb)
 
@@ -208,9 +209,9 @@ class ContextStatistics:
         nodes = nonempty.reshape(-1)
         # The whole-image context reuses this batch's G (see _add_whole_image): keep it apart.
         batch_gram = torch.zeros_like(self._gram) if self.context == "image" else self._gram
-        _add_pairs(batch_gram, k, flat_i[nodes], flat_v[nodes], flat_i[nodes], flat_v[nodes])
-        used = flat_i[nodes]
-        used = used[used >= 0]
+        node_i, node_v = flat_i[nodes], flat_v[nodes]
+        _add_pairs(batch_gram, k, node_i, node_v, node_i, node_v)
+        used = node_i[node_i >= 0]
         self.usage_ += torch.bincount(used, minlength=k).to(torch.float64)
         self.n_patches_ += int(nodes.sum())
         self.n_images_ += b
