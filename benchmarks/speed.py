@@ -5,9 +5,9 @@ the encode stage's FLOP rate as a fraction of the matmul rate, the eigen-solve n
     python benchmarks/speed.py [--data DIR] [--device auto] [--n-images 5000 10000 25000 50000]
                                [--n-atoms 1024 2048 4096 8192] [--stage-images 512]
 
-Images-scaling rows use the largest ``--n-atoms`` below ``--scale-atoms``; atoms-scaling rows use
-the smallest ``--n-images``. A row is a whole ``SMT.fit`` + ``transform`` of the training images
-(threshold codes t 0.3, whole-image context, d 384 or fewer when K is small).
+Images-scaling rows use the first ``--n-atoms``; atoms-scaling rows use the first ``--n-images``.
+A row is a whole ``SMT.fit`` + ``transform`` of the training images (threshold codes t 0.3,
+whole-image context, d 384 or fewer when K is small).
 """
 import argparse
 import sys
