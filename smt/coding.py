@@ -9,8 +9,11 @@ CODINGS = ("one_sparse", "top_k", "threshold")
 CODE_NORMS = (None, "l1", "l2")
 EMPTY_CODES = ("zero", "argmax")
 
-# Bound on the (rows x atoms) similarity block held at once: 2**24 floats = 64 MiB.
+# Bound on the (rows x atoms) similarity block held at once: 2**24 floats = 64 MiB on CUDA. On CPU
+# 2**20 floats (4 MiB) keeps the block in cache between the GEMM that writes it and the threshold
+# that reads it: twice the encode rate of 64 MiB blocks (benchmarks/RESULTS.md, "Speed").
 _MAX_BLOCK = 1 << 24
+_MAX_BLOCK_CPU = 1 << 20
 
 
 def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, max_active=None,
@@ -57,7 +60,7 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     n, k_atoms = x.shape[0], dictionary.shape[0]
-    rows = max(1, _MAX_BLOCK // k_atoms)
+    rows = max(1, (_MAX_BLOCK if x.device.type == "cuda" else _MAX_BLOCK_CPU) // k_atoms)
     parts = [_code_block(x[i:i + rows], dictionary, coding, threshold, n_nonzero, max_active, empty_code)
              for i in range(0, n, rows)]
     width = max([p.shape[1] for p in parts] + [1])
