@@ -4,6 +4,8 @@ Every statistic is a sum over images, so it streams (``partial_fit``), checkpoin
 arrays and all-reduces across processes exactly. Sums are kept in float64; with binary codes
 every entry is an integer count, so accumulation is exact and its order does not matter.
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse
@@ -19,6 +21,10 @@ _MAX_PAIRS = 1 << 24
 # the OpenBLAS that scipy wheels bundle segfaults on it at 16384 atoms (benchmarks/RESULTS.md):
 # larger problems go through torch's LAPACK (Cholesky + full eigh), as on CUDA.
 _SCIPY_MAX_ATOMS = 8192
+# Threads for the CPU statistics product: each holds its own (K, K) sparse result (up to ~0.8 GB at
+# K 8192), so few; and a slice of fewer rows than this is not worth a thread.
+_MAX_PRODUCT_THREADS = 4
+_MIN_PRODUCT_ROWS = 4096
 
 
 def _add_pairs(target, n_atoms, ia, va, ib, vb):
@@ -50,11 +56,28 @@ def _csr(idx, val, n_atoms):
 
 
 def _add_sparse_product(out, a, b):
-    """out += a^T b, for CSR matrices a, b of shape (n, K) and a dense float64 out of shape (K, K)."""
-    c = (a.T.tocsr() @ b).tocsr()
-    rows = np.repeat(np.arange(out.shape[0], dtype=np.int64) * out.shape[1], np.diff(c.indptr))
-    # After the product every (row, column) appears once, so a fancy-index add is exact.
-    out.reshape(-1)[rows + c.indices] += c.data
+    """out += a^T b, for CSR matrices a, b of shape (n, K) and a dense float64 out of shape (K, K).
+
+    The rows are split over torch's CPU threads: scipy's sparse kernels release the GIL, and the
+    products are added in a fixed order, so the sum does not depend on the timing of the threads.
+    """
+    n_parts = min(torch.get_num_threads(), _MAX_PRODUCT_THREADS, max(1, a.shape[0] // _MIN_PRODUCT_ROWS))
+    bounds = np.linspace(0, a.shape[0], n_parts + 1).astype(int)
+    parts = [(a[i:j], b[i:j]) for i, j in zip(bounds[:-1], bounds[1:])]
+    if n_parts == 1:
+        products = [_product(*parts[0])]
+    else:
+        with ThreadPoolExecutor(n_parts) as pool:
+            products = list(pool.map(lambda ab: _product(*ab), parts))
+    flat = out.reshape(-1)
+    for c in products:
+        rows = np.repeat(np.arange(out.shape[0], dtype=np.int64) * out.shape[1], np.diff(c.indptr))
+        # After the product every (row, column) appears once, so a fancy-index add is exact.
+        flat[rows + c.indices] += c.data
+
+
+def _product(a, b):
+    return (a.T.tocsr() @ b).tocsr()
 
 
 def _scatter_pairs(target, n_atoms, ia, va, ib, vb):

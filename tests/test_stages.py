@@ -268,10 +268,14 @@ def test_torch_solver_matches_scipy(monkeypatch):
     np.testing.assert_allclose(p_torch, p_scipy, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("path", ["sparse_product", "scatter"])  # the CPU and the CUDA path
+# the CPU path in one thread and split over 3, and the CUDA path
+@pytest.mark.parametrize("path", ["sparse_product", "sparse_product_threads", "scatter"])
 @pytest.mark.parametrize("max_width", [2, 40])  # little padding, and rows of very different widths
-def test_pair_accumulation_matches_dense_outer_products(max_width, path):
+def test_pair_accumulation_matches_dense_outer_products(max_width, path, monkeypatch):
     import smt.spectral
+    if path == "sparse_product_threads":
+        monkeypatch.setattr(smt.spectral, "_MIN_PRODUCT_ROWS", 1)
+        monkeypatch.setattr(smt.spectral.torch, "get_num_threads", lambda: 3)
     gen = torch.Generator().manual_seed(9)
     n, k = 300, 11
 
@@ -286,7 +290,7 @@ def test_pair_accumulation_matches_dense_outer_products(max_width, path):
         dense.scatter_add_(1, idx.clamp(min=0), val.double())
         return idx, val, dense
 
-    add = smt.spectral._add_pairs if path == "sparse_product" else smt.spectral._scatter_pairs
+    add = smt.spectral._scatter_pairs if path == "scatter" else smt.spectral._add_pairs
     (ia, va, a), (ib, vb, b) = rows(max_width), rows(max_width + 3)
     target = torch.zeros(k * k, dtype=torch.float64)
     add(target, k, ia, va, ia, va)
