@@ -30,6 +30,20 @@ def test_knn_cifar_script_with_augmentations(data_root, capsys):
     assert 0 <= acc["top1"] <= 100
 
 
+def test_speed_script_prints_every_table(data_root, capsys):
+    if not (Path(data_root) / "cifar10").exists():
+        pytest.skip("no CIFAR-10 copy")
+    import speed
+    result = speed.main(["--data", data_root, "--stage-images", "16", "--stage-atoms", "64",
+                         "--n-images", "40", "80", "--n-atoms", "32", "64"])
+    out = capsys.readouterr().out
+    assert "of the matmul rate" in out and "plain scipy.linalg.eigh" in out
+    assert 0 < result["encode_fraction"] < 2
+    # images scale at the first K, atoms at the first image count
+    assert [(n, k) for n, k, *_ in result["scaling"]] == [(40, 32), (80, 32), (40, 64)]
+    assert all(sec > 0 and gib > 0 for _, _, sec, gib, _ in result["scaling"])
+
+
 def test_words_script_puts_smt_next_to_both_baselines(data_root, capsys):
     if not (Path(data_root) / "wikitext-2").exists():
         pytest.skip("no WikiText-2 copy")
