@@ -38,9 +38,7 @@ def _add_pairs(target, n_atoms, ia, va, ib, vb):
     if ia.shape[0] == 0:
         return
     if target.device.type == "cpu":
-        a = _csr(ia, va, n_atoms)
-        b = a if ia is ib and va is vb else _csr(ib, vb, n_atoms)
-        _add_sparse_product(target.numpy().reshape(n_atoms, n_atoms), a, b)
+        _add_sparse_product(target.numpy().reshape(n_atoms, n_atoms), ia, va, ib, vb)
     else:
         _scatter_pairs(target, n_atoms, ia, va, ib, vb)
 
@@ -55,29 +53,30 @@ def _csr(idx, val, n_atoms):
         shape=(idx.shape[0], n_atoms))
 
 
-def _add_sparse_product(out, a, b):
-    """out += a^T b, for CSR matrices a, b of shape (n, K) and a dense float64 out of shape (K, K).
+def _add_sparse_product(out, ia, va, ib, vb):
+    """out += A^T B for the sparse rows of ``_add_pairs``; out is a dense float64 (K, K) array.
 
-    The rows are split over torch's CPU threads: scipy's sparse kernels release the GIL, and the
-    products are added in a fixed order, so the sum does not depend on the timing of the threads.
+    The rows are split over torch's CPU threads (scipy's sparse kernels release the GIL). The
+    products are added in row order, each while the later ones are still computing, so the sum
+    does not depend on the timing of the threads.
     """
-    n_parts = min(torch.get_num_threads(), _MAX_PRODUCT_THREADS, max(1, a.shape[0] // _MIN_PRODUCT_ROWS))
-    bounds = np.linspace(0, a.shape[0], n_parts + 1).astype(int)
-    parts = [(a[i:j], b[i:j]) for i, j in zip(bounds[:-1], bounds[1:])]
-    if n_parts == 1:
-        products = [_product(*parts[0])]
-    else:
-        with ThreadPoolExecutor(n_parts) as pool:
-            products = list(pool.map(lambda ab: _product(*ab), parts))
+    n, k = ia.shape[0], out.shape[0]
+    same = ia is ib and va is vb
+
+    def product(rows):
+        a = _csr(ia[rows], va[rows], k)
+        b = a if same else _csr(ib[rows], vb[rows], k)
+        return (a.T.tocsr() @ b).tocsr()
+
+    n_parts = min(torch.get_num_threads(), _MAX_PRODUCT_THREADS, max(1, n // _MIN_PRODUCT_ROWS))
+    bounds = np.linspace(0, n, n_parts + 1).astype(int)
+    parts = [slice(i, j) for i, j in zip(bounds[:-1], bounds[1:])]
     flat = out.reshape(-1)
-    for c in products:
-        rows = np.repeat(np.arange(out.shape[0], dtype=np.int64) * out.shape[1], np.diff(c.indptr))
-        # After the product every (row, column) appears once, so a fancy-index add is exact.
-        flat[rows + c.indices] += c.data
-
-
-def _product(a, b):
-    return (a.T.tocsr() @ b).tocsr()
+    with ThreadPoolExecutor(n_parts) as pool:
+        for c in pool.map(product, parts):
+            rows = np.repeat(np.arange(k, dtype=np.int64) * k, np.diff(c.indptr))
+            # After the product every (row, column) appears once, so a fancy-index add is exact.
+            flat[rows + c.indices] += c.data
 
 
 def _scatter_pairs(target, n_atoms, ia, va, ib, vb):
