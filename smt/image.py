@@ -457,7 +457,8 @@ class SMT(TransformerMixin, BaseEstimator):
         return batch if self.grayscale_augmentation is None else gray_views(batch)
 
     # ------------------------------------------------------------------ encoding
-    def _code(self, patches, empty, phi, device):
+    def _code(self, patches, empty, phi, device, values=True):
+        """Codes on the patch grid; ``values=False`` skips the padded coefficient array (None)."""
         x = torch.as_tensor(self.whitening_, dtype=torch.float32, device=device)
         n, gh, gw, dim = patches.shape
         keep = ~empty.reshape(-1)
@@ -466,8 +467,11 @@ class SMT(TransformerMixin, BaseEstimator):
         idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
                                self.empty_code, self.code_norm)
         full_idx = idx.new_full((n * gh * gw, idx.shape[1]), -1)
+        full_idx[keep] = idx
+        if not values:
+            return full_idx.view(n, gh, gw, -1), None
         full_val = val.new_zeros((n * gh * gw, val.shape[1]))
-        full_idx[keep], full_val[keep] = idx, val
+        full_val[keep] = val
         return full_idx.view(n, gh, gw, -1), full_val.view(n, gh, gw, -1)
 
     def _embed(self, batch, device):
@@ -480,7 +484,7 @@ class SMT(TransformerMixin, BaseEstimator):
                      "phi": torch.as_tensor(self.dictionary_, dtype=torch.float32, device=device)}
             self._cache = cache
         patches, empty = extract_patches(batch, self.patch_size)
-        idx, _ = self._code(patches, empty, cache["phi"], device)
+        idx, _ = self._code(patches, empty, cache["phi"], device, values=False)
         n, gh, gw, m = idx.shape
         k = cache["table"].shape[0] - 1
         flat = idx.reshape(-1, m)
