@@ -16,7 +16,8 @@ Sharding rule: **contiguous blocks in rank order**. The global order of the trai
 ``np.array_split(X, world_size)[rank]``, or each process reading its own block of a file. For
 ``partial_fit`` the global order of one call is the concatenation of that call's chunks in rank
 order. Every process must call ``fit`` / ``partial_fit`` the same number of times, with images of
-the same shape and dtype.
+the same shape and pixel type (uint8, or float); a shard that fails the input checks on one
+process raises the same error, naming that rank, on every process.
 
 Everything here is a no-op (one process, rank 0) when ``torch.distributed`` is not initialized.
 """
@@ -55,6 +56,46 @@ def all_gather_counts(n):
     out = [torch.zeros_like(t) for _ in range(world_size())]
     dist.all_gather(out, t)
     return [int(x) for x in out]
+
+
+def check_on_all(check):
+    """Run the input check ``check()`` on every process; if it fails on any, fail on all.
+
+    A shard that one process rejects (no images, NaN, another image size or pixel type than the
+    other shards) would otherwise leave the other processes waiting forever in the next
+    collective. Instead every process raises the same ``ValueError``, which names the rank.
+
+    Parameters
+    ----------
+    check : callable
+        Returns this process's validated images (n, H, W, C), or raises ValueError / TypeError.
+
+    Returns
+    -------
+    What ``check()`` returned.
+    """
+    if not is_active():
+        return check()
+    images, error = None, None
+    try:
+        images = check()
+    except (ValueError, TypeError) as exc:
+        error = str(exc)
+    # The front-end set travels as uint8 or float32 rows (see image._as_buffer), so that is the
+    # pixel type every shard must share.
+    kind = None if images is None else ("uint8" if str(images.dtype).endswith("uint8") else "float")
+    sig = None if images is None else (tuple(int(v) for v in images.shape[1:]), kind)
+    reports = [None] * world_size()
+    dist.all_gather_object(reports, (error, sig))
+    for r, (err, _) in enumerate(reports):
+        if err is not None:
+            raise ValueError(f"rank {r} of {world_size()}: {err}")
+    ref = reports[0][1]
+    for r, (_, s) in enumerate(reports):
+        if s != ref:
+            raise ValueError(f"every process must pass images of the same size and pixel type: rank 0 has "
+                             f"{ref[1]} images of (H, W, C) = {ref[0]}, rank {r} has {s[1]} images of {s[0]}")
+    return images
 
 
 def broadcast_int(value, src=0):

@@ -289,7 +289,7 @@ class SMT(TransformerMixin, BaseEstimator):
         if stream is None and hasattr(self, "components_"):
             raise ValueError("partial_fit continues a fit made in this process; a model loaded from a file keeps "
                              "no statistics to add to: refit it with fit or partial_fit")
-        images = self._check_images(X, reset=stream is None)
+        images = distributed.check_on_all(lambda: self._check_images(X, reset=stream is None))
         device = resolve_device(self.device)
         self.fit_stats_ = {}
         counts = distributed.all_gather_counts(len(images))

@@ -48,6 +48,14 @@ def main(out):
     dist.all_gather(gathered, torch.as_tensor(free.dictionary_.ravel()))
     result["seedless_same_on_all_ranks"] = np.array(all(torch.equal(g, gathered[0]) for g in gathered))
 
+    # A bad shard on one process is an error on every process, not a hang in the next collective.
+    for name, bad in (("empty", X[:0]), ("size", X[:40, :7, :7]), ("pixel_type", (X[:40] * 255).astype(np.uint8))):
+        try:
+            small_smt(random_state=3).fit(shard[:40] if rank == 0 else bad)
+            result[f"error.{name}"] = np.array("")
+        except ValueError as exc:
+            result[f"error.{name}"] = np.array(str(exc))
+
     if rank == 0:
         np.savez(Path(out) / "result.npz", **result)
     dist.barrier()

@@ -56,6 +56,16 @@ def test_seed_of_rank_zero_is_used_everywhere(torchrun_result):
     assert bool(torchrun_result["seedless_same_on_all_ranks"])
 
 
+@pytest.mark.parametrize("case, words", [("empty", ["rank 1 of 2", "0 images"]),
+                                         ("size", ["same size", "rank 1", "(7, 7, 1)"]),
+                                         ("pixel_type", ["pixel type", "rank 1", "uint8"])])
+def test_a_bad_shard_on_one_process_is_an_error_on_every_process(torchrun_result, case, words):
+    # rank 0 (which wrote the result) passed good images: it raised because rank 1's were bad
+    message = str(torchrun_result[f"error.{case}"])
+    for word in words:
+        assert word in message, message
+
+
 def test_single_process_helpers_are_no_ops():
     from smt import distributed
     assert not distributed.is_active() and distributed.rank() == 0 and distributed.world_size() == 1
