@@ -38,6 +38,8 @@ def parser(doc, **defaults):
     ap.add_argument("--whiten-eps", type=float, default=1e-3)
     ap.add_argument("--dict-epochs", type=int, default=1)
     ap.add_argument("--dict-max-patches", type=int, default=None)
+    ap.add_argument("--max-coherence", type=float, default=None,
+                    help="start the dictionary from patches with pairwise cosines at most this ([A]: 0.35)")
     ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
                     choices=["paired", "independent"], help="fit on gray copies too (default variant: paired)")
     ap.add_argument("--flips", action="store_true",
@@ -85,7 +87,8 @@ def run(args, load, name, paper):
                 n_nonzero=args.n_nonzero, max_active=args.max_active, n_components=args.n_components,
                 n_skip=args.n_skip, context=context, order=args.order, whiten_eps=args.whiten_eps,
                 dict_epochs=args.dict_epochs, dict_max_patches=args.dict_max_patches,
-                grayscale_augmentation=args.grayscale_aug, batch_size=args.batch_size, device=args.device,
+                max_coherence=args.max_coherence, grayscale_augmentation=args.grayscale_aug,
+                batch_size=args.batch_size, device=args.device,
                 random_state=args.seed, verbose=True, checkpoint_path=args.checkpoint)
     with meter.stage("fit"):
         model.fit(x_train)

@@ -48,18 +48,22 @@ class OnlineDictionary:
         self.dead_every = dead_every
         self.dead_threshold = dead_threshold
 
-    def initialize(self, patches, seed):
+    def initialize(self, patches, seed, jitter=True):
         """Start from K whitened unit patches, jittered by 1e-3 U[0, 1) to break exact ties.
 
         Parameters
         ----------
         patches : torch.Tensor of shape (K, D)
-            Distinct training patches drawn uniformly (the caller draws them).
+            Distinct training patches (the caller draws them).
         seed : int
+        jitter : bool, default=True
+            False for patches that cannot tie (:func:`incoherent_atoms`): their coherence bound
+            then holds exactly.
         """
-        gen = np.random.default_rng(seed)
-        jitter = torch.as_tensor(gen.random(patches.shape, dtype=np.float32), device=patches.device)
-        atoms = patches.to(torch.float32) + 1e-3 * jitter
+        atoms = patches.to(torch.float32)
+        if jitter:
+            gen = np.random.default_rng(seed)
+            atoms = atoms + 1e-3 * torch.as_tensor(gen.random(patches.shape, dtype=np.float32), device=patches.device)
         self.dictionary_ = atoms / atoms.norm(dim=1, keepdim=True)
         self.activation_ = torch.full((self.n_atoms,), 1.0 / self.n_atoms, device=patches.device)
         self.n_steps_ = 0
@@ -130,3 +134,69 @@ def _atom_sums(best, rows, n_atoms):
         return onehot.T @ rows
     out = rows.new_zeros((n_atoms,) + rows.shape[1:])
     return out.index_add_(0, best, rows)
+
+
+def incoherent_atoms(candidates, n_atoms, max_coherence, chunk_size=1024):
+    """Atoms drawn from a stream of patches under a coherence bound: walk the candidates in order
+    and keep one when its cosine to every atom kept before is at most ``max_coherence``.
+
+    The diversity filter of the [A] implementation (spec 3.1, its ``dict_thresh``): plain uniform
+    sampling puts most atoms where patches are dense (smooth gradients, edges at few angles),
+    which the threshold coder then switches on together; the filter spreads them over the
+    sphere, like the greedy seeding of k-means++ but deterministic.
+
+    Parameters
+    ----------
+    candidates : iterable of torch.Tensor of shape (n_i, D)
+        Whitened unit patches, in the order to try them (the caller shuffles with its seed).
+    n_atoms : int
+        K.
+    max_coherence : float
+        Largest cosine allowed between two atoms.
+    chunk_size : int, default=1024
+        Candidates tested against the kept atoms in one product; the order of acceptance, and so
+        the result, does not depend on it.
+
+    Returns
+    -------
+    atoms : torch.Tensor of shape (K, D)
+    n_tried : int
+        Candidates walked until the K-th was kept.
+
+    Raises
+    ------
+    ValueError
+        When the stream ends with fewer than K atoms kept.
+    """
+    atoms, n_kept, n_tried = None, 0, 0
+    for x in candidates:
+        for c in range(0, len(x), chunk_size):
+            cand = x[c:c + chunk_size]
+            if atoms is None:
+                atoms = cand.new_empty((n_atoms, cand.shape[1]))
+            if n_kept:
+                cand_ok = (cand @ atoms[:n_kept].T).amax(dim=1) <= max_coherence
+                survivors = torch.nonzero(cand_ok)[:, 0]
+            else:
+                survivors = torch.arange(len(cand), device=cand.device)
+            # Greedy in order within the chunk: a survivor is kept unless an earlier kept one is too close.
+            close = (cand[survivors] @ cand[survivors].T > max_coherence).cpu().numpy()
+            blocked = np.zeros(len(survivors), dtype=bool)
+            take = []
+            for i in range(len(survivors)):
+                if blocked[i]:
+                    continue
+                take.append(i)
+                if n_kept + len(take) == n_atoms:
+                    break
+                blocked |= close[i]
+            last = int(survivors[take[-1]]) if take else len(cand) - 1
+            if take:
+                atoms[n_kept:n_kept + len(take)] = cand[survivors[take]]
+                n_kept += len(take)
+            if n_kept == n_atoms:
+                return atoms, n_tried + last + 1
+            n_tried += len(cand)
+    raise ValueError(f"found only {n_kept} of n_atoms={n_atoms} patches whose pairwise cosines are at most "
+                     f"max_coherence={max_coherence} among {n_tried} candidates; raise max_coherence, lower "
+                     f"n_atoms or fit the front end on more images (front_end_images)")

@@ -18,7 +18,7 @@ from smt._io import load_npz, save_npz
 from smt._validation import as_images, to_batch
 from smt.augment import gray_views
 from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, sparse_code
-from smt.dictionary import OnlineDictionary
+from smt.dictionary import OnlineDictionary, incoherent_atoms
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
 from smt.spectral import ContextStatistics, solve_embedding
@@ -78,6 +78,11 @@ class SMT(TransformerMixin, BaseEstimator):
     dict_max_patches : int or None, default=None
         Run Algorithm 1 on the patches of a random subset of the front-end images holding about
         this many patches (None: all of them).
+    max_coherence : float or None, default=None
+        Start the dictionary from front-end patches whose pairwise cosines are all at most this
+        (walked in a seeded order, each kept when it is far enough from those kept before; the
+        [A] implementation uses 0.35 on CIFAR) instead of K uniformly drawn patches. Algorithm 1,
+        when ``dict_epochs > 0``, then moves the atoms on. None: uniform draw.
     front_end_images : int, default=10000
         The whitening and the dictionary are fitted on the first this many training images (of X,
         of the stream of ``partial_fit`` chunks, or of the global order of a distributed fit;
@@ -142,7 +147,7 @@ class SMT(TransformerMixin, BaseEstimator):
     def __init__(self, patch_size=6, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
                  max_active=None, empty_code="zero", code_norm=None, n_components=384, n_skip=1,
                  context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
-                 dict_lr=0.1, dict_max_patches=None, front_end_images=10000, pool_size=4, pool_stride=2,
+                 dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4, pool_stride=2,
                  grayscale_augmentation=None, normalize_output=False,
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
                  checkpoint_every=50):
@@ -163,6 +168,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self.dict_batch_size = dict_batch_size
         self.dict_lr = dict_lr
         self.dict_max_patches = dict_max_patches
+        self.max_coherence = max_coherence
         self.front_end_images = front_end_images
         self.pool_size = pool_size
         self.pool_stride = pool_stride
@@ -389,8 +395,14 @@ class SMT(TransformerMixin, BaseEstimator):
                     f"but the {n} front-end images (the first front_end_images={self.front_end_images}) hold "
                     f"{sample.get('n_nonempty', 0)}; lower n_atoms or pass more images")
             white.finalize()
-            atoms = white.transform(sample["patches"].to(torch.float32))
-            stages["dictionary"].initialize(atoms, [seed, 3])
+            if self.max_coherence is None:
+                atoms = white.transform(sample["patches"].to(torch.float32))
+                stages["dictionary"].initialize(atoms, [seed, 3])
+            else:
+                atoms, n_tried = incoherent_atoms(self._front_patches(front, white, seed, device), self.n_atoms,
+                                                  self.max_coherence)
+                stages["dictionary"].initialize(atoms, [seed, 3], jitter=False)
+                self.fit_stats_["dictionary_candidates"] = n_tried
             run.update(phase="dictionary", epoch=0, batch=0)
             self._checkpoint(run, stages, images)
         elif white.__dict__.get("whitening_") is None:
@@ -403,16 +415,12 @@ class SMT(TransformerMixin, BaseEstimator):
             n_dict = n if self.dict_max_patches is None else min(n, math.ceil(self.dict_max_patches / per_image))
             # Images are walked in a seeded permutation, in groups of a fixed patch count (not
             # batch_size); the non-empty patches of a group are shuffled with a key of its index.
-            gh, gw = self.patch_grid_shape_
-            group = max(1, math.ceil(_DICT_GROUP_BATCHES * self.dict_batch_size / (n_views * gh * gw)))
+            group = self._front_group()
             while run["epoch"] < self.dict_epochs:
                 order = np.random.default_rng([seed, 1, run["epoch"]]).permutation(n)[:n_dict]
                 for g in self._batches(n_dict, run, f"dictionary epoch {run['epoch'] + 1}", group):
-                    idx = np.sort(order[g:g + group])
-                    patches, empty = extract_patches(self._views(front[idx], device), self.patch_size)
-                    x = white.transform(patches[~empty])
-                    shuffle = np.random.default_rng([seed, 2, run["epoch"], g // group]).permutation(len(x))
-                    dictionary.partial_fit(x[torch.as_tensor(shuffle, device=device)])
+                    dictionary.partial_fit(self._group_patches(front, order[g:g + group], white,
+                                                               [seed, 2, run["epoch"], g // group], device))
                     run["batch"] = g + group
                     self._maybe_checkpoint(run, stages, images, group)
                 run.update(epoch=run["epoch"] + 1, batch=0)
@@ -425,6 +433,28 @@ class SMT(TransformerMixin, BaseEstimator):
                                                "dictionary_": dictionary.dictionary_.cpu().numpy()})
         for name, value in fitted.items():
             setattr(self, name, value)
+
+    def _front_group(self):
+        """Images per group of the passes over the front end: a fixed patch count, not batch_size,
+        so that the walk (and so the model) does not depend on batch_size."""
+        n_views = 2 if self.grayscale_augmentation is not None else 1
+        gh, gw = self.patch_grid_shape_
+        return max(1, math.ceil(_DICT_GROUP_BATCHES * self.dict_batch_size / (n_views * gh * gw)))
+
+    def _group_patches(self, front, idx, white, shuffle_seed, device):
+        """The whitened non-empty patches of the front-end images ``idx``, in a seeded shuffle."""
+        patches, empty = extract_patches(self._views(front[np.sort(idx)], device), self.patch_size)
+        x = white.transform(patches[~empty])
+        shuffle = np.random.default_rng(shuffle_seed).permutation(len(x))
+        return x[torch.as_tensor(shuffle, device=device)]
+
+    def _front_patches(self, front, white, seed, device):
+        """All front-end patches, whitened, in a seeded order: the images in a permutation, in
+        groups, each group's patches shuffled."""
+        group = self._front_group()
+        order = np.random.default_rng([seed, 4]).permutation(len(front))
+        for g in range(0, len(front), group):
+            yield self._group_patches(front, order[g:g + group], white, [seed, 5, g // group], device)
 
     def _accumulate(self, images, run, stages, ckpt_images, device):
         """Add the code statistics of ``images``; returns (active atoms, coded patches, nodes)."""
@@ -515,6 +545,9 @@ class SMT(TransformerMixin, BaseEstimator):
             (self.order in (1, 2), "order must be 1 or 2"),
             (self.whiten_eps > 0, "whiten_eps must be > 0"),
             (isinstance(self.dict_epochs, (int, np.integer)) and self.dict_epochs >= 0, "dict_epochs must be an int >= 0"),
+            (self.max_coherence is None or (isinstance(self.max_coherence, (float, int, np.floating, np.integer))
+                                             and -1 <= self.max_coherence < 1),
+             "max_coherence must be None or a cosine in [-1, 1)"),
             (isinstance(self.front_end_images, (int, np.integer)) and self.front_end_images >= 1,
              "front_end_images must be an int >= 1"),
             (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1, "batch_size must be an int >= 1"),

@@ -95,7 +95,8 @@ def test_no_images():
         small_smt().fit(np.zeros((0, 8, 8)))
 
 
-@pytest.mark.parametrize("param", [dict(coding="sparse"), dict(context=0), dict(order=3), dict(n_atoms=0)])
+@pytest.mark.parametrize("param", [dict(coding="sparse"), dict(context=0), dict(order=3), dict(n_atoms=0),
+                                   dict(max_coherence=1.0), dict(max_coherence="0.35")])
 def test_bad_parameters(digits, param):
     with pytest.raises(ValueError, match=list(param)[0]):
         small_smt(**param).fit(digits[0][:50])

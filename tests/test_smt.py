@@ -136,6 +136,26 @@ def test_fit_does_not_depend_on_batch_size(digits):
     np.testing.assert_allclose(a.components_, b.components_, atol=1e-10)
 
 
+def test_max_coherence_bounds_the_sampled_atoms_and_keeps_fit_invariances(digits):
+    X, _ = digits
+    params = dict(n_atoms=48, dict_epochs=0, max_coherence=0.8, coding="threshold", threshold=0.5,
+                  front_end_images=250)
+    model = small_smt(**params).fit(X[:500])
+    cos = model.dictionary_ @ model.dictionary_.T - 2 * np.eye(48)
+    assert cos.max() <= 0.8 and model.fit_stats_["dictionary_candidates"] >= 48
+    # uniform draws at this size hold near-duplicates: the bound is what changed the atoms
+    uniform = small_smt(**dict(params, max_coherence=None)).fit(X[:500])
+    assert (uniform.dictionary_ @ uniform.dictionary_.T - 2 * np.eye(48)).max() > 0.8
+    # neither batch size nor chunking changes the model
+    other = small_smt(**params, batch_size=33).fit(X[:500])
+    np.testing.assert_array_equal(other.dictionary_, model.dictionary_)
+    chunked = small_smt(**params)
+    for a, b in ((0, 120), (120, 500)):
+        chunked.partial_fit(X[a:b])
+    np.testing.assert_array_equal(chunked.dictionary_, model.dictionary_)
+    np.testing.assert_allclose(chunked.components_, model.components_, atol=1e-10)
+
+
 def test_front_end_is_fitted_on_the_first_images(digits):
     X, _ = digits
     bounded = small_smt(front_end_images=300).fit(X[:600])

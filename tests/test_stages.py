@@ -5,7 +5,7 @@ import scipy.linalg
 import torch
 
 from smt.coding import sparse_code
-from smt.dictionary import OnlineDictionary
+from smt.dictionary import OnlineDictionary, incoherent_atoms
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings
 from smt.spectral import ContextStatistics, solve_embedding
@@ -89,6 +89,30 @@ def test_dictionary_remainder_waits_for_flush():
     assert d.n_steps_ == 0 and len(d._buffer) == 7
     d.flush()
     assert d.n_steps_ == 1 and len(d._buffer) == 0
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1024])
+def test_incoherent_atoms_are_the_greedy_pass_in_order(chunk_size):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(600, 8, generator=gen), dim=1)
+    atoms, n_tried = incoherent_atoms(x.split(97), 20, 0.5, chunk_size=chunk_size)
+    # reference: one candidate at a time, kept when no kept atom is closer than the bound
+    kept = []
+    for i, v in enumerate(x):
+        if all(float(v @ x[j]) <= 0.5 for j in kept):
+            kept.append(i)
+            if len(kept) == 20:
+                break
+    torch.testing.assert_close(atoms, x[kept], rtol=0, atol=0)
+    assert n_tried == kept[-1] + 1
+    cos = atoms @ atoms.T - 2 * torch.eye(20)
+    assert float(cos.max()) <= 0.5
+
+
+def test_incoherent_atoms_too_few_names_the_bound():
+    x = torch.eye(4).repeat(10, 1)  # only 4 directions, each repeated
+    with pytest.raises(ValueError, match=r"found only 4 of n_atoms=5 .* max_coherence=0.1 among 40 candidates"):
+        incoherent_atoms([x], 5, 0.1)
 
 
 # ----------------------------------------------------------------- sparse coding
