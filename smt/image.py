@@ -132,7 +132,9 @@ class SMT(TransformerMixin, BaseEstimator):
         d * H_p * W_p.
     fit_stats_ : dict
         Seconds per stage of the last ``fit``/``partial_fit`` call, mean active atoms per non-empty
-        patch and the fraction of non-empty patches left without a code.
+        patch and the fraction of non-empty patches left without a code; with ``max_coherence``,
+        also the patches tried to find the K atoms and the seconds that took (counted in the
+        dictionary's seconds).
 
     Examples
     --------
@@ -399,15 +401,18 @@ class SMT(TransformerMixin, BaseEstimator):
                 atoms = white.transform(sample["patches"].to(torch.float32))
                 stages["dictionary"].initialize(atoms, [seed, 3])
             else:
+                start = time.perf_counter()
                 atoms, n_tried = incoherent_atoms(self._front_patches(front, white, seed, device), self.n_atoms,
                                                   self.max_coherence)
                 stages["dictionary"].initialize(atoms, [seed, 3], jitter=False)
-                self.fit_stats_["dictionary_candidates"] = n_tried
+                self.fit_stats_.update(dictionary_candidates=n_tried,
+                                       coherence_filter_seconds=time.perf_counter() - start)
             run.update(phase="dictionary", epoch=0, batch=0)
             self._checkpoint(run, stages, images)
         elif white.__dict__.get("whitening_") is None:
             white.finalize()
-        self.fit_stats_["whitening_seconds"] = time.perf_counter() - tic
+        self.fit_stats_["whitening_seconds"] = (time.perf_counter() - tic
+                                                - self.fit_stats_.get("coherence_filter_seconds", 0.0))
         tic = time.perf_counter()
         dictionary = stages["dictionary"]
         if run["phase"] == "dictionary":
@@ -427,7 +432,8 @@ class SMT(TransformerMixin, BaseEstimator):
             dictionary.flush()
             run.update(phase="statistics", epoch=0, batch=0)
             self._checkpoint(run, stages, images)
-        self.fit_stats_["dictionary_seconds"] = time.perf_counter() - tic
+        self.fit_stats_["dictionary_seconds"] = (time.perf_counter() - tic
+                                                 + self.fit_stats_.get("coherence_filter_seconds", 0.0))
         # Rank 0's arrays everywhere: every process codes with bit-identical ones.
         fitted = distributed.broadcast_arrays({"whitening_": white.whitening_, "coloring_": white.coloring_,
                                                "dictionary_": dictionary.dictionary_.cpu().numpy()})
