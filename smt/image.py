@@ -459,7 +459,8 @@ class SMT(TransformerMixin, BaseEstimator):
         groups, each group's patches shuffled."""
         group = self._front_group()
         order = np.random.default_rng([seed, 4]).permutation(len(front))
-        for g in range(0, len(front), group):
+        # The walk stops where the K-th atom is found, so the bar ends short of the total.
+        for g in self._progress(range(0, len(front), group), "dictionary (coherence filter)", len(front)):
             yield self._group_patches(front, order[g:g + group], white, [seed, 5, g // group], device)
 
     def _accumulate(self, images, run, stages, ckpt_images, device):
