@@ -149,8 +149,8 @@ class SMT(TransformerMixin, BaseEstimator):
     def __init__(self, patch_size=6, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
                  max_active=None, empty_code="zero", code_norm=None, n_components=384, n_skip=1,
                  context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
-                 dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4, pool_stride=2,
-                 grayscale_augmentation=None, normalize_output=False,
+                 dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4,
+                 pool_stride=2, grayscale_augmentation=None, normalize_output=False,
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
                  checkpoint_every=50):
         self.patch_size = patch_size
