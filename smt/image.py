@@ -374,21 +374,23 @@ class SMT(TransformerMixin, BaseEstimator):
         n_views = 2 if self.grayscale_augmentation is not None else 1
         tic = time.perf_counter()
         if run["phase"] == "whitening":
-            # One pass: whitening moments, and a uniform sample without replacement of K non-empty
-            # patches (the K smallest of uniform keys, each a hash of the seed and the patch's
-            # global image index, view and position) to start the dictionary from.
+            # One pass: whitening moments and, unless the coherence filter picks the atoms after
+            # it, a uniform sample without replacement of K non-empty patches (the K smallest of
+            # uniform keys, each a hash of the seed and the patch's global image index, view and
+            # position) to start the dictionary from.
             for b in self._batches(n, run, "whitening"):
                 batch = front[b:b + self.batch_size]
                 patches, empty = extract_patches(self._views(batch, device), self.patch_size)
                 white.partial_fit(patches)
                 cand = patches[~empty]
-                keys = torch.as_tensor(_patch_keys(seed, b, len(batch), n_views, empty.shape[1:]),
-                                       device=device)[~empty]
                 sample["n_nonempty"] = sample.get("n_nonempty", 0) + len(cand)
-                if "keys" in sample:
-                    keys, cand = torch.cat([sample["keys"], keys]), torch.cat([sample["patches"], cand])
-                keep = keys.argsort(stable=True)[:self.n_atoms]
-                sample["keys"], sample["patches"] = keys[keep], cand[keep]
+                if self.max_coherence is None:
+                    keys = torch.as_tensor(_patch_keys(seed, b, len(batch), n_views, empty.shape[1:]),
+                                           device=device)[~empty]
+                    if "keys" in sample:
+                        keys, cand = torch.cat([sample["keys"], keys]), torch.cat([sample["patches"], cand])
+                    keep = keys.argsort(stable=True)[:self.n_atoms]
+                    sample["keys"], sample["patches"] = keys[keep], cand[keep]
                 run["batch"] = b + self.batch_size
                 self._maybe_checkpoint(run, stages, images, self.batch_size)
             if sample.get("n_nonempty", 0) < self.n_atoms:
