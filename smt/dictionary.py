@@ -167,6 +167,13 @@ def incoherent_atoms(candidates, n_atoms, max_coherence, chunk_size=1024):
     ------
     ValueError
         When the stream ends with fewer than K atoms kept.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+    >>> atoms, n_tried = incoherent_atoms([x], n_atoms=2, max_coherence=0.5)
+    >>> atoms.tolist(), n_tried  # [0.8, 0.6] is too close to [1, 0]
+    ([[1.0, 0.0], [0.0, 1.0]], 3)
     """
     atoms, n_kept, n_tried = None, 0, 0
     for x in candidates:
