@@ -16,7 +16,7 @@ from _measure import StageMeter  # noqa: E402
 
 from smt import SMT  # noqa: E402
 from smt._device import resolve_device  # noqa: E402
-from smt.augment import add_mirrors  # noqa: E402
+from smt.augment import add_gray_copies, add_mirrors  # noqa: E402
 from smt.knn import StreamingKNN  # noqa: E402
 
 
@@ -41,7 +41,10 @@ def parser(doc, **defaults):
     ap.add_argument("--max-coherence", type=float, default=None,
                     help="start the dictionary from patches with pairwise cosines at most this ([A]: 0.35)")
     ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
-                    choices=["paired", "independent"], help="fit on gray copies too (default variant: paired)")
+                    choices=["paired", "independent", "copies"],
+                    help="fit on gray copies too: 'paired' / 'independent' are SMT's grayscale_augmentation "
+                         "(colour-only reference set); 'copies' appends them to the training set like "
+                         "--flips (fit and kNN reference set). Default variant: paired")
     ap.add_argument("--flips", action="store_true",
                     help="fit on train + mirrored train; the mirrors join the kNN reference set")
     ap.add_argument("--k", type=int, default=30)
@@ -81,13 +84,16 @@ def run(args, load, name, paper):
         x_test, y_test = load(args.data, "test")
         x_train, y_train = x_train[:args.n_train], y_train[:args.n_train]
         x_test, y_test = x_test[:args.n_test], y_test[:args.n_test]
+        if args.grayscale_aug == "copies":
+            x_train, y_train = add_gray_copies(x_train, y_train)
         if args.flips:
             x_train, y_train = add_mirrors(x_train, y_train)
     model = SMT(patch_size=6, n_atoms=args.n_atoms, coding=args.coding, threshold=args.threshold,
                 n_nonzero=args.n_nonzero, max_active=args.max_active, n_components=args.n_components,
                 n_skip=args.n_skip, context=context, order=args.order, whiten_eps=args.whiten_eps,
                 dict_epochs=args.dict_epochs, dict_max_patches=args.dict_max_patches,
-                max_coherence=args.max_coherence, grayscale_augmentation=args.grayscale_aug,
+                max_coherence=args.max_coherence,
+                grayscale_augmentation=None if args.grayscale_aug == "copies" else args.grayscale_aug,
                 batch_size=args.batch_size, device=args.device,
                 random_state=args.seed, verbose=True, checkpoint_path=args.checkpoint)
     with meter.stage("fit"):
@@ -108,7 +114,8 @@ def run(args, load, name, paper):
     # solo-learn's defaults (k 20, T 0.07), for comparison with other tables (spec 10-Q10)
     acc["top1_k20_t0.07"] = knn.accuracy(y_test, (1,), k=20, temperature=0.07)["top1"] if args.k >= 20 else None
 
-    fitted_on = f"train {len(x_train)}" + (" (with mirrors)" if args.flips else "")
+    extras = [name for name, on in (("gray copies", args.grayscale_aug == "copies"), ("mirrors", args.flips)) if on]
+    fitted_on = f"train {len(x_train)}" + (f" (with {' and '.join(extras)})" if extras else "")
     print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
           f"embedding {model.n_features_out_}")
     print(json.dumps({k: round(v, 3) for k, v in model.fit_stats_.items()}))

@@ -1,7 +1,7 @@
 """kNN top-1 of SMT on CIFAR-10 / CIFAR-100: fit on the 50,000 training images, query the 10,000
 test images.
 
-    python benchmarks/knn_cifar.py --dataset cifar10|cifar100 [--grayscale-aug [paired|independent]]
+    python benchmarks/knn_cifar.py --dataset cifar10|cifar100 [--grayscale-aug [paired|independent|copies]]
                                    [--flips] [--data DIR] [--n-train N] [--n-atoms K] ...
 
 Prints the accuracy and the time and peak memory of each stage. Paper: CIFAR-10 81.1 (83.2 with

@@ -1,9 +1,11 @@
 """Data augmentations of the SMT recipes: horizontal mirrors (spec 2.8) and gray copies (spec 2.9).
 
 Mirrors are a data utility: the code lineage fits on the training images plus their mirrors and
-keeps the mirrors (with their labels) in the kNN reference set. Gray copies are built inside
-:class:`smt.SMT` (``grayscale_augmentation=``), because in the paired variant a colour image and
-its gray copy must reach the context statistics together.
+keeps the mirrors (with their labels) in the kNN reference set. Gray copies can be added the same
+way (:func:`add_gray_copies`: fit and reference set), or inside :class:`smt.SMT`
+(``grayscale_augmentation=``: fit only), where in the paired variant a colour image and its gray
+copy reach the context statistics together. On CIFAR-10 the data-utility reading measured best
+(benchmarks/RESULTS.md, "Grayscale augmentation").
 """
 import numpy as np
 import torch
@@ -29,11 +31,37 @@ def add_mirrors(X, y=None):
     """
     if X.ndim not in (3, 4):
         raise ValueError(f"add_mirrors takes images of shape (n, H, W) or (n, H, W, C), got {tuple(X.shape)}")
+    return _append(X, X.flip(2) if isinstance(X, torch.Tensor) else np.asarray(X)[:, :, ::-1], y)
+
+
+def add_gray_copies(X, y=None):
+    """Append the gray copy of every RGB image (:func:`to_grayscale`), as a training-set augmentation.
+
+    Unlike ``SMT(grayscale_augmentation=...)``, which fits on gray copies but leaves them out of
+    whatever the caller uses as reference set, the gray copies here are ordinary images: they are
+    fitted as extra images and, with their labels, join the kNN reference set, as the mirrors of
+    :func:`add_mirrors` do.
+
+    Parameters
+    ----------
+    X : ndarray or torch.Tensor of shape (n, H, W, 3)
+    y : array-like of shape (n,), optional
+
+    Returns
+    -------
+    X2 : same type as X, of shape (2n, H, W, 3)
+        ``X`` followed by its gray copies (image ``n + i`` is the gray copy of image ``i``).
+    y2 : ndarray of shape (2n,)
+        Only when ``y`` is given: the labels, twice.
+    """
     if isinstance(X, torch.Tensor):
-        out = torch.cat([X, X.flip(2)])
-    else:
-        X = np.asarray(X)
-        out = np.concatenate([X, X[:, :, ::-1]])
+        return _append(X, torch.as_tensor(to_grayscale(X.cpu().numpy()), device=X.device), y)
+    return _append(X, to_grayscale(X), y)
+
+
+def _append(X, copies, y):
+    """``X`` followed by ``copies`` (one per image), and the labels twice when ``y`` is given."""
+    out = torch.cat([X, copies]) if isinstance(X, torch.Tensor) else np.concatenate([np.asarray(X), copies])
     if y is None:
         return out
     y = np.asarray(y)

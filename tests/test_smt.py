@@ -283,6 +283,24 @@ def test_add_mirrors_and_to_grayscale():
     assert g[0, 0, 1].tolist() == [round(0.299 * 10 + 0.587 * 20 + 0.114 * 30)] * 3
 
 
+def test_add_gray_copies_appends_labelled_gray_images():
+    import torch
+    from smt.augment import add_gray_copies, to_grayscale
+    X = np.random.default_rng(0).integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
+    X2, y2 = add_gray_copies(X, [1, 2, 3])
+    assert X2.shape == (6, 4, 5, 3) and X2.dtype == np.uint8 and y2.tolist() == [1, 2, 3, 1, 2, 3]
+    np.testing.assert_array_equal(X2[:3], X)
+    np.testing.assert_array_equal(X2[3:], to_grayscale(X))
+    assert (X2[3:, ..., 0] == X2[3:, ..., 2]).all() and not (X[..., 0] == X[..., 2]).all()
+    T = add_gray_copies(torch.as_tensor(X))
+    assert isinstance(T, torch.Tensor) and T.shape == (6, 4, 5, 3)
+    np.testing.assert_array_equal(T.numpy(), X2)
+    with pytest.raises(ValueError, match="RGB"):
+        add_gray_copies(X[..., 0])
+    with pytest.raises(ValueError, match="labels"):
+        add_gray_copies(X, [1, 2])
+
+
 def test_killed_fit_resumes_to_the_same_model(digits, tmp_path):
     """A fit killed with SIGKILL mid-way resumes from its checkpoint to the uninterrupted model."""
     import json
