@@ -60,7 +60,7 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     n, k_atoms = x.shape[0], dictionary.shape[0]
-    rows = max(1, (_MAX_BLOCK if x.device.type == "cuda" else _MAX_BLOCK_CPU) // k_atoms)
+    rows = block_rows(k_atoms, x.device)
     parts = [_code_block(x[i:i + rows], dictionary, coding, threshold, n_nonzero, max_active, empty_code)
              for i in range(0, n, rows)]
     width = max([p.shape[1] for p in parts] + [1])
@@ -77,6 +77,11 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
         count = active.sum(1, keepdim=True).clamp(min=1).to(torch.float32)
         values = values / (count if code_norm == "l1" else count.sqrt())
     return indices, values
+
+
+def block_rows(n_atoms, device):
+    """Rows of patches coded at once: the (rows x atoms) similarity block stays within the bound."""
+    return max(1, (_MAX_BLOCK if torch.device(device).type == "cuda" else _MAX_BLOCK_CPU) // n_atoms)
 
 
 def _code_block(x, dictionary, coding, threshold, n_nonzero, max_active, empty_code):
