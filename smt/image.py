@@ -219,7 +219,8 @@ class SMT(TransformerMixin, BaseEstimator):
         after that the front end is frozen, the kept images are dropped, and each chunk only adds
         its statistics (sums over images). Every call re-solves the projection. After ``fit``
         the front end is frozen and ``partial_fit`` only adds statistics. Checkpoints are
-        written by ``fit`` only.
+        written by ``fit`` only; to keep a stream of ``partial_fit`` calls safe, save the model
+        after a chunk with ``save(path, stream=True)`` and go on from ``SMT.load(path)``.
 
         Parameters
         ----------
@@ -255,12 +256,32 @@ class SMT(TransformerMixin, BaseEstimator):
             return z.to(X.device)
         return z.numpy()
 
-    def save(self, path):
-        """Save parameters and fitted state to one ``.npz`` file (arrays and JSON, no pickle)."""
+    def save(self, path, stream=False):
+        """Save parameters and fitted state to one ``.npz`` file (arrays and JSON, no pickle).
+
+        Parameters
+        ----------
+        path : str or Path
+        stream : bool, default=False
+            Also write what ``partial_fit`` needs to go on after :meth:`load`: the code statistics
+            (three K x K float64 sums) and, while the front end is still open, the images kept
+            for it. A stream of ``partial_fit`` calls saved after each chunk loses nothing when
+            the process dies. Under torch.distributed each process holds the sums of its own
+            shard: give each process its own path.
+        """
         check_is_fitted(self, "components_")
         arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays()}
         meta = {"format_version": _FORMAT_VERSION, "params": self.get_params(),
                 "image_shape": list(self.image_shape_)}
+        if stream:
+            state = self.__dict__.get("_stream")
+            if state is None:
+                raise ValueError("save(stream=True) needs the statistics of a fit or partial_fit made in this "
+                                 "process (or loaded from a file saved with stream=True)")
+            arrays.update({f"stats.{k}": v for k, v in self._stats.get_state().items()})
+            meta["stream"] = {k: state[k] for k in ("seed", "n_seen", "frozen")}
+            if state["front"] is not None:
+                arrays["stream.front"] = state["front"].numpy()
         save_npz(path, meta, arrays)
 
     @classmethod
@@ -279,9 +300,14 @@ class SMT(TransformerMixin, BaseEstimator):
         model = cls(**meta["params"])
         if device is not None:
             model.device = device
-        for name, value in arrays.items():
-            setattr(model, name, value)
+        for name in model._fitted_arrays():
+            setattr(model, name, arrays[name])
         model._set_shape(tuple(meta["image_shape"]))
+        if "stream" in meta:
+            stats = ContextStatistics(model.n_atoms, model.context, model.order, resolve_device(model.device))
+            model._stats = stats.set_state({k[6:]: v for k, v in arrays.items() if k.startswith("stats.")})
+            front = arrays.get("stream.front")
+            model._stream = dict(meta["stream"], front=None if front is None else torch.from_numpy(front))
         return model
 
     # ------------------------------------------------------------------ fitting
@@ -297,8 +323,9 @@ class SMT(TransformerMixin, BaseEstimator):
         self._check_params()
         stream = self.__dict__.get("_stream")
         if stream is None and hasattr(self, "components_"):
-            raise ValueError("partial_fit continues a fit made in this process; a model loaded from a file keeps "
-                             "no statistics to add to: refit it with fit or partial_fit")
+            raise ValueError("partial_fit continues a fit made in this process or a model saved with "
+                             "save(path, stream=True); this model was loaded from a file without statistics "
+                             "to add to: refit it with fit or partial_fit")
         images = distributed.check_on_all(lambda: self._check_images(X, reset=stream is None))
         device = resolve_device(self.device)
         self.fit_stats_ = {}

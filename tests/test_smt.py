@@ -192,6 +192,31 @@ def test_save_load_round_trip(fitted, digits, tmp_path):
         assert "components_" in f.files
 
 
+@pytest.mark.parametrize("front", [150, 1000])  # front end frozen after the first chunk / still open
+def test_partial_fit_goes_on_from_a_model_saved_with_its_stream(digits, tmp_path, front):
+    X, _ = digits
+    X = np.round(X[:400] * 255).astype(np.uint8)
+    chunked = small_smt(front_end_images=front)
+    chunked.partial_fit(X[:200])
+    path = tmp_path / "stream.npz"
+    chunked.save(path, stream=True)
+    # a new process: the model comes back from the file alone
+    loaded = SMT.load(path)
+    assert loaded._stats.n_images_ == 200
+    loaded.partial_fit(X[200:400])
+    chunked.partial_fit(X[200:400])
+    whole = small_smt(front_end_images=front).fit(X)
+    for model in (loaded, chunked):
+        np.testing.assert_array_equal(model.dictionary_, whole.dictionary_)
+        np.testing.assert_allclose(model.components_, whole.components_, atol=1e-10)
+    # without stream=True the file has no statistics, and says so when asked to go on
+    chunked.save(path)
+    with pytest.raises(ValueError, match="stream=True"):
+        SMT.load(path).partial_fit(X[:50])
+    with pytest.raises(ValueError, match="stream=True"):
+        SMT.load(path).save(tmp_path / "again.npz", stream=True)
+
+
 def test_checkpoint_resume_gives_same_model(digits, tmp_path, monkeypatch):
     X, _ = digits
     ref = small_smt().fit(X[:600])
