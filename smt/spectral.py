@@ -72,11 +72,18 @@ def _add_sparse_product(out, ia, va, ib, vb):
     bounds = np.linspace(0, n, n_parts + 1).astype(int)
     parts = [slice(i, j) for i, j in zip(bounds[:-1], bounds[1:])]
     flat = out.reshape(-1)
+
+    def add(c):
+        rows = np.repeat(np.arange(k, dtype=np.int64) * k, np.diff(c.indptr))
+        # After the product every (row, column) appears once, so a fancy-index add is exact.
+        flat[rows + c.indices] += c.data
+
+    if n_parts == 1:
+        add(product(parts[0]))
+        return
     with ThreadPoolExecutor(n_parts) as pool:
         for c in pool.map(product, parts):
-            rows = np.repeat(np.arange(k, dtype=np.int64) * k, np.diff(c.indptr))
-            # After the product every (row, column) appears once, so a fancy-index add is exact.
-            flat[rows + c.indices] += c.data
+            add(c)
 
 
 def _scatter_pairs(target, n_atoms, ia, va, ib, vb):
