@@ -5,7 +5,8 @@ keeps the mirrors (with their labels) in the kNN reference set. Gray copies can 
 way (:func:`add_gray_copies`: fit and reference set), or inside :class:`smt.SMT`
 (``grayscale_augmentation=``: fit only), where in the paired variant a colour image and its gray
 copy reach the context statistics together. On CIFAR-10 the data-utility reading measured best
-(benchmarks/RESULTS.md, "Grayscale augmentation").
+of the readings at 10k images, but none reproduces the paper's gain (benchmarks/RESULTS.md,
+"grayscale augmentation").
 """
 import numpy as np
 import torch

@@ -96,7 +96,8 @@ class SMT(TransformerMixin, BaseEstimator):
         invariance; ``"independent"`` adds the gray copies as extra images. ``transform`` is
         unchanged (colour images in, no copies). To make the gray copies ordinary training images
         that also join a kNN reference set, append them to ``X`` instead
-        (:func:`smt.augment.add_gray_copies`); on CIFAR-10 that reading measured best.
+        (:func:`smt.augment.add_gray_copies`); on CIFAR-10 that reading measured best of the
+        three, though at full scale it too costs accuracy (benchmarks/RESULTS.md).
     normalize_output : bool, default=False
         L2-normalise each output vector (the kNN does this itself).
     batch_size : int, default=256
