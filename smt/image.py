@@ -279,7 +279,7 @@ class SMT(TransformerMixin, BaseEstimator):
             if state is None:
                 raise ValueError("save(stream=True) needs the statistics of a fit or partial_fit made in this "
                                  "process (or loaded from a file saved with stream=True)")
-            arrays.update({f"stats.{k}": v for k, v in self._stats.get_state().items()})
+            arrays.update(_prefixed("stats", self._stats.get_state()))
             meta["stream"] = {k: state[k] for k in ("seed", "n_seen", "frozen")}
             if state["front"] is not None:
                 arrays["stream.front"] = state["front"].numpy()
@@ -306,7 +306,7 @@ class SMT(TransformerMixin, BaseEstimator):
         model._set_shape(tuple(meta["image_shape"]))
         if "stream" in meta:
             stats = ContextStatistics(model.n_atoms, model.context, model.order, resolve_device(model.device))
-            model._stats = stats.set_state({k[6:]: v for k, v in arrays.items() if k.startswith("stats.")})
+            model._stats = stats.set_state(_unprefixed("stats", arrays))
             front = arrays.get("stream.front")
             model._stream = dict(meta["stream"], front=None if front is None else torch.from_numpy(front))
         return model
@@ -663,7 +663,7 @@ class SMT(TransformerMixin, BaseEstimator):
         for name in ("whitening", "dictionary", "stats"):
             stage = stages.get(name)
             if stage is not None and _has_state(stage):
-                arrays.update({f"{name}.{k}": v for k, v in stage.get_state().items()})
+                arrays.update(_prefixed(name, stage.get_state()))
         sample = stages.get("sample") or {}
         if run["phase"] == "whitening" and "keys" in sample:
             arrays["sample.keys"] = sample["keys"].cpu().numpy()
@@ -682,7 +682,7 @@ class SMT(TransformerMixin, BaseEstimator):
                              f"images; delete it or choose another checkpoint_path")
         run = meta["run"]
         for name in ("whitening", "dictionary", "stats"):
-            state = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
+            state = _unprefixed(name, arrays)
             if state:
                 if name == "stats":
                     stages[name].set_state(state)
@@ -739,6 +739,16 @@ def _splitmix64(x):
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+def _prefixed(name, state):
+    """A stage's state as file arrays named ``name.key``."""
+    return {f"{name}.{k}": v for k, v in state.items()}
+
+
+def _unprefixed(name, arrays):
+    """The state :func:`_prefixed` wrote for ``name`` (empty when the file holds none)."""
+    return {k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(name + ".")}
 
 
 def _has_state(stage):
