@@ -54,6 +54,13 @@ def add_gray_copies(X, y=None):
         ``X`` followed by its gray copies (image ``n + i`` is the gray copy of image ``i``).
     y2 : ndarray of shape (2n,)
         Only when ``y`` is given: the labels, twice.
+
+    Examples
+    --------
+    >>> X = np.zeros((2, 1, 1, 3), dtype=np.uint8); X[..., 0] = 255  # two red pixels
+    >>> X2, y2 = add_gray_copies(X, [3, 5])
+    >>> X2.shape, X2[2, 0, 0].tolist(), y2.tolist()
+    ((4, 1, 1, 3), [76, 76, 76], [3, 5, 3, 5])
     """
     if isinstance(X, torch.Tensor):
         return _append(X, torch.as_tensor(to_grayscale(X.cpu().numpy()), device=X.device), y)
