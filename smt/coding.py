@@ -5,6 +5,11 @@ A code is stored as padded lists: ``indices`` (n, m) of active atoms with -1 for
 """
 import torch
 
+try:  # one compiled compare-and-compact pass; torch's two passes otherwise (the same codes)
+    from smt._threshold import threshold_indices
+except ImportError:  # numba is optional: pip install "sparse-manifold-transform[fast]"
+    threshold_indices = None
+
 CODINGS = ("one_sparse", "top_k", "threshold")
 CODE_NORMS = (None, "l1", "l2")
 EMPTY_CODES = ("zero", "argmax")
@@ -61,7 +66,12 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     n, k_atoms = x.shape[0], dictionary.shape[0]
     rows = block_rows(k_atoms, x.device)
-    parts = [_code_block(x[i:i + rows], dictionary, coding, threshold, n_nonzero, max_active, empty_code)
+    dtype = torch.promote_types(x.dtype, dictionary.dtype)
+    x, dictionary = x.to(dtype), dictionary.to(dtype)
+    # One similarity block for all: a fresh one per block costs as much again in page faults on CPU.
+    block = torch.empty((min(rows, n), k_atoms), dtype=dtype, device=x.device)
+    parts = [_code_block(torch.mm(x[i:i + rows], dictionary.T, out=block[:min(rows, n - i)]), coding, threshold,
+                         n_nonzero, max_active, empty_code)
              for i in range(0, n, rows)]
     width = max([p.shape[1] for p in parts] + [1])
     indices = torch.full((n, width), -1, dtype=torch.int64, device=x.device)
@@ -84,14 +94,15 @@ def block_rows(n_atoms, device):
     return max(1, (_MAX_BLOCK if torch.device(device).type == "cuda" else _MAX_BLOCK_CPU) // n_atoms)
 
 
-def _code_block(x, dictionary, coding, threshold, n_nonzero, max_active, empty_code):
-    s = x @ dictionary.T
+def _code_block(s, coding, threshold, n_nonzero, max_active, empty_code):
     if coding == "one_sparse" or (coding == "top_k" and n_nonzero == 1):
         return s.argmax(dim=1, keepdim=True)
     if coding == "top_k":
         return s.topk(min(n_nonzero, s.shape[1]), dim=1).indices
     if empty_code not in EMPTY_CODES:
         raise ValueError(f"empty_code must be one of {EMPTY_CODES}, got {empty_code!r}")
+    if threshold_indices is not None and max_active is None and s.device.type == "cpu":
+        return threshold_indices(s, threshold, empty_code == "argmax")
     mask = s > threshold
     if max_active is not None:
         top = s.topk(min(max_active, s.shape[1]), dim=1)
@@ -104,10 +115,10 @@ def _code_block(x, dictionary, coding, threshold, n_nonzero, max_active, empty_c
     r, c = mask.nonzero(as_tuple=True)
     # Counting from the few active entries: a row sum over the whole (n, K) mask costs more than
     # the GEMM on CPU (bool reductions are slow there).
-    counts = torch.bincount(r, minlength=x.shape[0])
+    counts = torch.bincount(r, minlength=s.shape[0])
     width = int(counts.max()) if len(counts) else 0
-    out = torch.full((x.shape[0], max(width, 1)), -1, dtype=torch.int64, device=x.device)
+    out = torch.full((s.shape[0], max(width, 1)), -1, dtype=torch.int64, device=s.device)
     starts = torch.cumsum(counts, 0) - counts
-    out[r, torch.arange(len(r), device=x.device) - starts[r]] = c
+    out[r, torch.arange(len(r), device=s.device) - starts[r]] = c
     return out
 

@@ -157,6 +157,28 @@ def test_threshold_empty_code_rules_and_cap():
     assert (idx[0] < 0).all() and idx[1].tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_threshold_pass_gives_the_torch_codes(monkeypatch, dtype):
+    import smt.coding
+    if smt.coding.threshold_indices is None:
+        pytest.skip("numba not installed (the 'fast' extra)")
+    gen = torch.Generator().manual_seed(3)
+    phi = torch.nn.functional.normalize(torch.randn(600, 8, generator=gen, dtype=dtype), dim=1)
+    x = torch.nn.functional.normalize(torch.randn(4000, 8, generator=gen, dtype=dtype), dim=1)
+    x[::7] = 0  # empty patches: no atom above a positive threshold
+    # 4000 rows span several blocks; at t 0.1 some rows have more than the 128 indices kept per row
+    # in the first pass, at 0.95 most rows have none.
+    for t, rule in [(0.1, "zero"), (0.5, "zero"), (0.95, "zero"), (0.95, "argmax"), (0.5, "argmax")]:
+        fast = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule)
+        monkeypatch.setattr(smt.coding, "threshold_indices", None)
+        slow = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule)
+        monkeypatch.undo()
+        assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]), (t, rule)
+    assert (fast[0] >= 0).sum(1).max() >= 1
+    wide = sparse_code(x, phi, "threshold", threshold=0.1)[0]
+    assert (wide >= 0).sum(1).max() > 128
+
+
 # ----------------------------------------------------------------- statistics and solve
 def _random_codes(gen, b=3, h=5, w=6, m=2, k=7, p_empty=0.2):
     idx = torch.randint(0, k, (b, h, w, m), generator=gen)
