@@ -31,9 +31,13 @@ def parser(doc, **defaults):
     ap.add_argument("--threshold", type=float, default=0.3)
     ap.add_argument("--n-nonzero", type=int, default=1)
     ap.add_argument("--max-active", type=int, default=None)
+    ap.add_argument("--empty-code", choices=["zero", "argmax"], default="zero")
+    ap.add_argument("--code-norm", choices=["l1", "l2"], default=None)
     ap.add_argument("--n-components", type=int)
     ap.add_argument("--n-skip", type=int, default=1)
     ap.add_argument("--context", help="'image' or a radius in patches")
+    ap.add_argument("--pool-size", type=int, default=4)
+    ap.add_argument("--pool-stride", type=int, default=2)
     ap.add_argument("--order", type=int, default=1)
     ap.add_argument("--whiten-eps", type=float, default=1e-3)
     ap.add_argument("--dict-epochs", type=int, default=1)
@@ -89,7 +93,9 @@ def run(args, load, name, paper):
         if args.flips:
             x_train, y_train = add_mirrors(x_train, y_train)
     model = SMT(patch_size=6, n_atoms=args.n_atoms, coding=args.coding, threshold=args.threshold,
-                n_nonzero=args.n_nonzero, max_active=args.max_active, n_components=args.n_components,
+                n_nonzero=args.n_nonzero, max_active=args.max_active, empty_code=args.empty_code,
+                code_norm=args.code_norm, n_components=args.n_components, pool_size=args.pool_size,
+                pool_stride=args.pool_stride,
                 n_skip=args.n_skip, context=context, order=args.order, whiten_eps=args.whiten_eps,
                 dict_epochs=args.dict_epochs, dict_max_patches=args.dict_max_patches,
                 max_coherence=args.max_coherence,

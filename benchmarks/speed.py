@@ -25,7 +25,7 @@ from _measure import StageMeter  # noqa: E402
 from smt import SMT  # noqa: E402
 from smt._device import resolve_device  # noqa: E402
 from smt._validation import to_batch  # noqa: E402
-from smt.coding import block_rows, sparse_code, threshold_indices  # noqa: E402
+from smt.coding import block_rows, sparse_code, threshold_code  # noqa: E402
 from smt.datasets import load_cifar10  # noqa: E402
 from smt.patches import extract_patches  # noqa: E402
 from smt.spectral import ContextStatistics, solve_embedding  # noqa: E402
@@ -89,7 +89,7 @@ def stage_table(images, n_atoms, device, peak):
     fraction = encode_flop / encode_sec / peak
     print(f"encode GEMM: {encode_flop / encode_sec / 1e9:.1f} GFLOP/s = {fraction:.2f} "
           f"of the matmul rate (goal >= 0.5)")
-    compiled = threshold_indices is not None and device.type == "cpu"
+    compiled = threshold_code is not None and device.type == "cpu"
     print(f"  of which the GEMM alone, in the coder's blocks: {gemm_sec:.3f} s = "
           f"{encode_flop / gemm_sec / peak:.2f} of the matmul rate; threshold pass {encode_sec - gemm_sec:.3f} s "
           f"({'one compiled pass (numba)' if compiled else 'torch: compare, then nonzero'})")

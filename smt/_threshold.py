@@ -1,10 +1,11 @@
-"""The threshold coder's compare-and-compact pass as one compiled loop (needs numba).
+"""The threshold coder on CPU with its compare-and-compact pass compiled (needs numba).
 
-torch on CPU finds the atoms above the threshold in two passes over the (rows, K) similarity block,
-``s > t`` and ``nonzero``, plus the padding of the lists: together they cost more than the GEMM that
-wrote the block. One pass that compares and writes the few indices while a row is in cache is 2-3x
-cheaper (benchmarks/RESULTS.md, "Speed"). The result is identical: the same comparisons on the same
-float32 similarities.
+torch finds the atoms above the threshold in two passes over each (rows, K) similarity block,
+``s > t`` and ``nonzero``, then pads every row's list to the widest: together they cost more than
+the GEMM that wrote the block. Here one compiled pass compares and keeps the few indices while a
+row is in cache, the lists wait in a flat array, and one more pass writes the padded result once
+(benchmarks/RESULTS.md, "Speed"). The codes are identical: the same comparisons on the same float32
+similarities.
 """
 import threading
 
@@ -14,11 +15,11 @@ import torch
 
 # One launch at a time: numba's fallback thread pool (workqueue) must not be entered concurrently.
 _lock = threading.Lock()
+_KEEP = 512  # indices kept per row by the first pass; a row with more is scanned again
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _compare(s, t, argmax, first, counts):
-    # Each row keeps its first ``first.shape[1]`` indices; ``counts`` has the full count.
     cap = first.shape[1]
     for i in numba.prange(s.shape[0]):
         c = 0
@@ -38,45 +39,73 @@ def _compare(s, t, argmax, first, counts):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _pad(s, t, first, counts, out):
+def _gather(s, t, first, counts, starts, flat):
     cap = first.shape[1]
     for i in numba.prange(s.shape[0]):
-        c = counts[i]
+        c, o = counts[i], starts[i]
         if c <= cap:
-            out[i, :c] = first[i, :c]
-        else:  # a row with more active atoms than kept: scan it again
+            flat[o:o + c] = first[i, :c]
+        else:
             c = 0
             for j in range(s.shape[1]):
                 if s[i, j] > t:
-                    out[i, c] = j
+                    flat[o + c] = j
                     c += 1
-        out[i, c:] = -1
 
 
-def threshold_indices(s, threshold, argmax_if_empty=False):
-    """Indices of the entries above ``threshold`` in each row of ``s``, in ascending order.
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _pad(flat, counts, starts, indices, values):
+    for i in numba.prange(indices.shape[0]):
+        c, o = counts[i], starts[i]
+        indices[i, :c] = flat[o:o + c]
+        indices[i, c:] = -1
+        values[i, :c] = 1.0
+        values[i, c:] = 0.0
+
+
+def threshold_code(x, dictionary, threshold, argmax_if_empty, rows):
+    """Binary threshold codes as padded lists, block by block (see :func:`smt.coding.sparse_code`).
 
     Parameters
     ----------
-    s : torch.Tensor of shape (n, K), on the CPU
-        Similarities.
+    x : torch.Tensor of shape (n, D), on the CPU
+    dictionary : torch.Tensor of shape (K, D), the dtype of ``x``
     threshold : float
     argmax_if_empty : bool
-        A row with no entry above the threshold gets its largest entry instead of none.
+        A row with no similarity above the threshold gets its best atom instead of none.
+    rows : int
+        Rows of ``x`` per similarity block.
 
     Returns
     -------
-    torch.Tensor of shape (n, m), int64
-        ``m`` is the largest count of a row (at least 1); -1 pads.
+    indices : torch.Tensor of shape (n, m), int64
+        Active atoms in ascending order, -1 pads; ``m`` is the largest count (at least 1).
+    values : torch.Tensor of shape (n, m), float32
+        1 at active atoms, 0 at pads.
     """
-    a = s.detach().contiguous().numpy()
-    t = a.dtype.type(threshold)
-    first = np.empty((a.shape[0], min(a.shape[1], 128)), np.int32)
-    counts = np.empty(a.shape[0], np.int64)
+    n, k_atoms = x.shape[0], dictionary.shape[0]
+    dictionary_t = dictionary.T.contiguous()
+    block = torch.empty((min(rows, n), k_atoms), dtype=x.dtype)
+    first = np.empty((min(rows, n), min(k_atoms, _KEEP)), np.int32)
+    t = block.numpy().dtype.type(threshold)
+    counts = np.zeros(n, np.int64)
+    lists = []
     with _lock:
-        # torch.set_num_threads governs this pass too.
+        # torch.set_num_threads governs these passes too.
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        _compare(a, t, argmax_if_empty, first, counts)
-        out = np.empty((a.shape[0], max(int(counts.max()) if len(counts) else 0, 1)), np.int64)
-        _pad(a, t, first, counts, out)
-    return torch.from_numpy(out)
+        for i in range(0, n, rows):
+            m = min(rows, n - i)
+            s = torch.mm(x[i:i + m], dictionary_t, out=block[:m]).numpy()
+            _compare(s, t, argmax_if_empty, first[:m], counts[i:i + m])
+            starts = np.cumsum(counts[i:i + m]) - counts[i:i + m]
+            flat = np.empty(int(counts[i:i + m].sum()), np.int32)
+            _gather(s, t, first[:m], counts[i:i + m], starts, flat)
+            lists.append(flat)
+        flat = np.concatenate(lists) if lists else np.empty(0, np.int32)
+        width = max(int(counts.max()) if n else 0, 1)
+        # torch's allocator, not numpy's: numpy asks for huge pages, and their first faults can stall
+        # for seconds while the kernel compacts memory.
+        indices = torch.empty((n, width), dtype=torch.int64)
+        values = torch.empty((n, width), dtype=torch.float32)
+        _pad(flat, counts, np.cumsum(counts) - counts, indices.numpy(), values.numpy())
+    return indices, values

@@ -6,9 +6,9 @@ A code is stored as padded lists: ``indices`` (n, m) of active atoms with -1 for
 import torch
 
 try:  # one compiled compare-and-compact pass; torch's two passes otherwise (the same codes)
-    from smt._threshold import threshold_indices
+    from smt._threshold import threshold_code
 except ImportError:  # numba is optional: pip install "sparse-manifold-transform[fast]"
-    threshold_indices = None
+    threshold_code = None
 
 CODINGS = ("one_sparse", "top_k", "threshold")
 CODE_NORMS = (None, "l1", "l2")
@@ -68,23 +68,31 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
     rows = block_rows(k_atoms, x.device)
     dtype = torch.promote_types(x.dtype, dictionary.dtype)
     x, dictionary = x.to(dtype), dictionary.to(dtype)
-    # One similarity block for all: a fresh one per block costs as much again in page faults on CPU.
-    block = torch.empty((min(rows, n), k_atoms), dtype=dtype, device=x.device)
-    parts = [_code_block(torch.mm(x[i:i + rows], dictionary.T, out=block[:min(rows, n - i)]), coding, threshold,
-                         n_nonzero, max_active, empty_code)
-             for i in range(0, n, rows)]
-    width = max([p.shape[1] for p in parts] + [1])
-    indices = torch.full((n, width), -1, dtype=torch.int64, device=x.device)
-    for i, p in zip(range(0, n, rows), parts):
-        indices[i:i + p.shape[0], :p.shape[1]] = p
+    if coding == "threshold" and empty_code not in EMPTY_CODES:
+        raise ValueError(f"empty_code must be one of {EMPTY_CODES}, got {empty_code!r}")
+    if coding == "threshold" and max_active is None and threshold_code is not None and x.device.type == "cpu":
+        indices, values = threshold_code(x, dictionary, threshold, empty_code == "argmax", rows)
+    else:
+        # One similarity block for all: a fresh one per block costs as much again in page faults on CPU.
+        block = torch.empty((min(rows, n), k_atoms), dtype=dtype, device=x.device)
+        parts = [_code_block(torch.mm(x[i:i + rows], dictionary.T, out=block[:min(rows, n - i)]), coding,
+                             threshold, n_nonzero, max_active, empty_code)
+                 for i in range(0, n, rows)]
+        width = max([p.shape[1] for p in parts] + [1])
+        indices = torch.full((n, width), -1, dtype=torch.int64, device=x.device)
+        for i, p in zip(range(0, n, rows), parts):
+            indices[i:i + p.shape[0], :p.shape[1]] = p
+        values = None
     if empty is not None:
         indices[empty.reshape(-1)] = -1
-    active = indices >= 0
-    values = active.to(torch.float32)
+        if values is not None:
+            values[empty.reshape(-1)] = 0
+    if values is None:
+        values = (indices >= 0).to(torch.float32)
     if code_norm is not None:
         if code_norm not in CODE_NORMS:
             raise ValueError(f"code_norm must be one of {CODE_NORMS}, got {code_norm!r}")
-        count = active.sum(1, keepdim=True).clamp(min=1).to(torch.float32)
+        count = values.sum(1, keepdim=True).clamp(min=1)
         values = values / (count if code_norm == "l1" else count.sqrt())
     return indices, values
 
@@ -99,10 +107,6 @@ def _code_block(s, coding, threshold, n_nonzero, max_active, empty_code):
         return s.argmax(dim=1, keepdim=True)
     if coding == "top_k":
         return s.topk(min(n_nonzero, s.shape[1]), dim=1).indices
-    if empty_code not in EMPTY_CODES:
-        raise ValueError(f"empty_code must be one of {EMPTY_CODES}, got {empty_code!r}")
-    if threshold_indices is not None and max_active is None and s.device.type == "cpu":
-        return threshold_indices(s, threshold, empty_code == "argmax")
     mask = s > threshold
     if max_active is not None:
         top = s.topk(min(max_active, s.shape[1]), dim=1)

@@ -160,7 +160,7 @@ def test_threshold_empty_code_rules_and_cap():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_threshold_pass_gives_the_torch_codes(monkeypatch, dtype):
     import smt.coding
-    if smt.coding.threshold_indices is None:
+    if smt.coding.threshold_code is None:
         pytest.skip("numba not installed (the 'fast' extra)")
     gen = torch.Generator().manual_seed(3)
     phi = torch.nn.functional.normalize(torch.randn(600, 8, generator=gen, dtype=dtype), dim=1)
@@ -170,7 +170,7 @@ def test_compiled_threshold_pass_gives_the_torch_codes(monkeypatch, dtype):
     # in the first pass, at 0.95 most rows have none.
     for t, rule in [(0.1, "zero"), (0.5, "zero"), (0.95, "zero"), (0.95, "argmax"), (0.5, "argmax")]:
         fast = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule)
-        monkeypatch.setattr(smt.coding, "threshold_indices", None)
+        monkeypatch.setattr(smt.coding, "threshold_code", None)
         slow = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule)
         monkeypatch.undo()
         assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]), (t, rule)
