@@ -25,7 +25,7 @@ from _measure import StageMeter  # noqa: E402
 from smt import SMT  # noqa: E402
 from smt._device import resolve_device  # noqa: E402
 from smt._validation import to_batch  # noqa: E402
-from smt.coding import block_rows, sparse_code, threshold_code  # noqa: E402
+from smt.coding import _similarity_blocks, block_rows, sparse_code, threshold_code  # noqa: E402
 from smt.datasets import load_cifar10  # noqa: E402
 from smt.patches import extract_patches  # noqa: E402
 from smt.spectral import ContextStatistics, solve_embedding  # noqa: E402
@@ -75,10 +75,7 @@ def stage_table(images, n_atoms, device, peak):
             ("embed (all stages)", _timed(lambda: model._embed(batch, device), device))]
     # The GEMM alone, in the coder's blocks: what is left of encode's time is the threshold pass
     # (compare, compaction), which reads every similarity once more.
-    phi_t, step = phi.T.contiguous(), block_rows(n_atoms, device)
-    buf = x.new_empty((min(step, len(x)), n_atoms))
-    gemm_sec = _timed(lambda: [torch.mm(x[i:i + step], phi_t, out=buf[:len(x[i:i + step])])
-                               for i in range(0, len(x), step)], device)
+    gemm_sec = _timed(lambda: [None for _ in _similarity_blocks(x, phi, block_rows(n_atoms, device))], device)
     encode_flop = 2 * x.shape[0] * x.shape[1] * n_atoms
     print(f"\nstage throughput, {n} CIFAR-10 images, K {n_atoms}, {int((idx >= 0).sum(-1).float().mean())} "
           f"active atoms per patch, device {device}")

@@ -63,18 +63,19 @@ def _pad(flat, counts, starts, indices, values):
         values[i, c:] = 0.0
 
 
-def threshold_code(x, dictionary, threshold, argmax_if_empty, rows):
-    """Binary threshold codes as padded lists, block by block (see :func:`smt.coding.sparse_code`).
+def threshold_code(blocks, n, threshold, argmax_if_empty):
+    """Binary threshold codes as padded lists (see :func:`smt.coding.sparse_code`).
 
     Parameters
     ----------
-    x : torch.Tensor of shape (n, D), on the CPU
-    dictionary : torch.Tensor of shape (K, D), the dtype of ``x``
+    blocks : iterable of torch.Tensor of shape (rows, K), on the CPU
+        The similarities of consecutive rows, block by block; a block may be overwritten once the
+        next is asked for.
+    n : int
+        Rows in all blocks together.
     threshold : float
     argmax_if_empty : bool
         A row with no similarity above the threshold gets its best atom instead of none.
-    rows : int
-        Rows of ``x`` per similarity block.
 
     Returns
     -------
@@ -83,24 +84,22 @@ def threshold_code(x, dictionary, threshold, argmax_if_empty, rows):
     values : torch.Tensor of shape (n, m), float32
         1 at active atoms, 0 at pads.
     """
-    n, k_atoms = x.shape[0], dictionary.shape[0]
-    dictionary_t = dictionary.T.contiguous()
-    block = torch.empty((min(rows, n), k_atoms), dtype=x.dtype)
-    first = np.empty((min(rows, n), min(k_atoms, _KEEP)), np.int32)
-    t = block.numpy().dtype.type(threshold)
     counts = np.zeros(n, np.int64)
-    lists = []
+    lists, i, first = [], 0, None
     with _lock:
         # torch.set_num_threads governs these passes too.
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        for i in range(0, n, rows):
-            m = min(rows, n - i)
-            s = torch.mm(x[i:i + m], dictionary_t, out=block[:m]).numpy()
+        for block in blocks:
+            s = block.numpy()
+            if first is None:  # the first block is the tallest
+                first = np.empty((s.shape[0], min(s.shape[1], _KEEP)), np.int32)
+                t = s.dtype.type(threshold)
+            m = s.shape[0]
             _compare(s, t, argmax_if_empty, first[:m], counts[i:i + m])
-            starts = np.cumsum(counts[i:i + m]) - counts[i:i + m]
             flat = np.empty(int(counts[i:i + m].sum()), np.int32)
-            _gather(s, t, first[:m], counts[i:i + m], starts, flat)
+            _gather(s, t, first[:m], counts[i:i + m], np.cumsum(counts[i:i + m]) - counts[i:i + m], flat)
             lists.append(flat)
+            i += m
         flat = np.concatenate(lists) if lists else np.empty(0, np.int32)
         width = max(int(counts.max()) if n else 0, 1)
         # torch's allocator, not numpy's: numpy asks for huge pages, and their first faults can stall

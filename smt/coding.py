@@ -76,14 +76,11 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
     x, dictionary = x.to(dtype), dictionary.to(dtype)
     if coding == "threshold" and empty_code not in EMPTY_CODES:
         raise ValueError(f"empty_code must be one of {EMPTY_CODES}, got {empty_code!r}")
+    blocks = _similarity_blocks(x, dictionary, rows)
     if coding == "threshold" and max_active is None and threshold_code is not None and x.device.type == "cpu":
-        indices, values = threshold_code(x, dictionary, threshold, empty_code == "argmax", rows)
+        indices, values = threshold_code(blocks, n, threshold, empty_code == "argmax")
     else:
-        # One similarity block reused by every step: a fresh block per step is a fresh set of page faults.
-        block = torch.empty((min(rows, n), k_atoms), dtype=dtype, device=x.device)
-        parts = [_code_block(torch.mm(x[i:i + rows], dictionary.T, out=block[:min(rows, n - i)]), coding,
-                             threshold, n_nonzero, max_active, empty_code)
-                 for i in range(0, n, rows)]
+        parts = [_code_block(s, coding, threshold, n_nonzero, max_active, empty_code) for s in blocks]
         width = max([p.shape[1] for p in parts] + [1])
         indices = torch.full((n, width), -1, dtype=torch.int64, device=x.device)
         for i, p in zip(range(0, n, rows), parts):
@@ -106,6 +103,18 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
 def block_rows(n_atoms, device):
     """Rows of patches coded at once: the (rows x atoms) similarity block stays within the bound."""
     return max(1, (_MAX_BLOCK if torch.device(device).type == "cuda" else _MAX_BLOCK_CPU) // n_atoms)
+
+
+def _similarity_blocks(x, dictionary, rows):
+    """``x @ dictionary.T``, ``rows`` rows at a time, each written into the same buffer.
+
+    A fresh block per step is a fresh set of page faults. Each block is overwritten by the next:
+    consume it before asking for another.
+    """
+    n = x.shape[0]
+    block = torch.empty((min(rows, n), dictionary.shape[0]), dtype=x.dtype, device=x.device)
+    for i in range(0, n, rows):
+        yield torch.mm(x[i:i + rows], dictionary.T, out=block[:min(rows, n - i)])
 
 
 def _code_block(s, coding, threshold, n_nonzero, max_active, empty_code):

@@ -166,17 +166,19 @@ def test_compiled_threshold_pass_gives_the_torch_codes(monkeypatch, dtype):
     phi = torch.nn.functional.normalize(torch.randn(600, 8, generator=gen, dtype=dtype), dim=1)
     x = torch.nn.functional.normalize(torch.randn(4000, 8, generator=gen, dtype=dtype), dim=1)
     x[::7] = 0  # empty patches: no atom above a positive threshold
-    # 4000 rows span several blocks; at t 0.1 some rows have more than the 128 indices kept per row
-    # in the first pass, at 0.95 most rows have none.
-    for t, rule in [(0.1, "zero"), (0.5, "zero"), (0.95, "zero"), (0.95, "argmax"), (0.5, "argmax")]:
+    # 4000 rows span several blocks; at t -0.5 most rows have more atoms than the first pass keeps
+    # per row (smt._threshold._KEEP, 512) and are scanned again; at 0.95 most rows have none.
+    for t, rule in [(-0.5, "zero"), (0.1, "zero"), (0.5, "zero"), (0.95, "zero"), (0.95, "argmax"),
+                    (0.5, "argmax")]:
         fast = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule)
         monkeypatch.setattr(smt.coding, "threshold_code", None)
         slow = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule)
         monkeypatch.undo()
         assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1]), (t, rule)
     assert (fast[0] >= 0).sum(1).max() >= 1
-    wide = sparse_code(x, phi, "threshold", threshold=0.1)[0]
-    assert (wide >= 0).sum(1).max() > 128
+    from smt._threshold import _KEEP
+    wide = sparse_code(x, phi, "threshold", threshold=-0.5)[0]
+    assert (wide >= 0).sum(1).max() > _KEEP
 
 
 # ----------------------------------------------------------------- statistics and solve
