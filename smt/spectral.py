@@ -12,10 +12,15 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
+try:  # exact co-activation counts of binary codes, compiled and cache-blocked (the fast extra)
+    from smt import _pairs
+except ImportError:  # numba is optional: pip install "sparse-manifold-transform[fast]"
+    _pairs = None
+
 CONTEXTS = ("image",)
 ORDERS = (1, 2)
 
-# Bound on the number of (atom, atom) pairs scattered at once: 2**24 pairs = 128 MiB of keys.
+# Bound on the neighbour-list entries of a window context held at once (times 4).
 _MAX_PAIRS = 1 << 24
 # scipy's subset solver (gvx) is the fastest on CPU up to here (8192 atoms: ~20 s on 2 cores), but
 # the OpenBLAS that scipy wheels bundle segfaults on it at 16384 atoms (benchmarks/RESULTS.md):
@@ -25,22 +30,127 @@ _SCIPY_MAX_ATOMS = 8192
 # K 8192), so few; and a slice of fewer rows than this is not worth a thread.
 _MAX_PRODUCT_THREADS = 4
 _MIN_PRODUCT_ROWS = 4096
+# The compiled counts cost one pass over the (K, K) sum whatever the rows: below this many pairs
+# per entry of the sum, scipy's product is as fast.
+_MIN_KERNEL_PAIRS_PER_ENTRY = 0.125
+# Dense code blocks (the CUDA path) hold at most this many (row, atom) entries; int8 products of
+# coefficients within +-127 sum exactly in int32 over a block of fewer than 2**31 / 127**2 rows.
+_MAX_DENSE_BLOCK = 1 << 28
 
 
-def _add_pairs(target, n_atoms, ia, va, ib, vb):
+def _add_pairs(target, n_atoms, ia, va, ib, vb, also=None):
     """target[a, b] += sum_n sum_{p, q} va[n, p] vb[n, q] for a = ia[n, p], b = ib[n, q] (pads are -1).
 
-    That is ``A^T B`` for the sparse (n, K) matrices whose rows are the padded lists. On CPU it is
-    one sparse matrix product (scipy's SpGEMM): about 10x faster than scattering every pair, which
-    is what the statistics pass of a fit spends nearly all its time on (benchmarks/RESULTS.md,
-    "Speed"). On CUDA the pairs are scattered with ``index_add_``.
+    That is ``A^T B`` for the sparse (n, K) matrices whose rows are the padded lists, the work of
+    nearly all of a fit's statistics pass. On CPU, when every row's coefficients are one integer
+    (binary codes, times a degree or a patch count) and numba is installed, the pairs are counted
+    exactly by the compiled, cache-blocked kernel of :mod:`smt._pairs`; otherwise (real-valued
+    coefficients) by one sparse matrix product (scipy's SpGEMM). On CUDA, one dense GEMM per
+    block of rows (:func:`_add_dense_pairs`). Every path gives the same sums: with integer
+    coefficients each is an exact integer (benchmarks/RESULTS.md, "Speed").
+
+    ``also=(other, scale)`` adds ``scale`` times the same product to a second flat (K*K) sum.
     """
     if ia.shape[0] == 0:
         return
+    targets = [(target, 1.0)] + ([also] if also is not None else [])
     if target.device.type == "cpu":
-        _add_sparse_product(target.numpy().reshape(n_atoms, n_atoms), ia, va, ib, vb)
+        outs = [(t.numpy().reshape(n_atoms, n_atoms), scale) for t, scale in targets]
+        if not _add_pair_counts(outs, ia, va, ib, vb):
+            _add_sparse_product(outs, ia, va, ib, vb)
     else:
-        _scatter_pairs(target, n_atoms, ia, va, ib, vb)
+        _add_dense_pairs(targets, n_atoms, ia, va, ib, vb)
+
+
+def _add_pair_counts(outs, ia, va, ib, vb):
+    """``_add_pairs`` by the compiled integer kernel; False (nothing added) when it does not apply."""
+    if _pairs is None:
+        return False
+    count_a, count_b = (ia >= 0).sum(1), (ib >= 0).sum(1)
+    pairs = int((count_a * count_b).sum())
+    # Per-block counts are uint16: a row of B may list an atom many times, but not 65536 entries.
+    if pairs < _MIN_KERNEL_PAIRS_PER_ENTRY * outs[0][0].size or int(count_b.max()) >= 1 << 16:
+        return False
+    ind_a, ptr_a, row_a, repeats = _pairs.padded_to_csr(ia.numpy(), va.numpy())
+    if ia is ib:
+        ind_b, ptr_b = ind_a, ptr_a
+        row_b = row_a if vb is va else _row_values(ia, vb)
+    else:
+        ind_b, ptr_b, row_b, _ = _pairs.padded_to_csr(ib.numpy(), vb.numpy())
+    weight = row_a * row_b
+    # Integer row weights only (the kernel splits the rows so that no int32 tile entry overflows).
+    if not np.all(np.isfinite(weight)) or np.any(weight != np.round(weight)) or np.abs(weight).max() >= 2 ** 31:
+        return False
+    if ia is ib and not repeats:  # symmetric: the upper triangle, mirrored
+        _pairs.add_pair_counts(outs, ind_a, ptr_a, weight.astype(np.int64))
+    else:
+        _pairs.add_pair_counts(outs, ind_a, ptr_a, weight.astype(np.int64), ind_b, ptr_b)
+    return True
+
+
+def _integer_rows(idx, val, n_atoms):
+    """(ind, ptr, row_value) of padded CPU codes for the compiled counts, or None where they do not
+    apply: no numba, CUDA, a row whose coefficients differ or are not integers, a repeated atom."""
+    if _pairs is None or idx.device.type != "cpu" or idx.shape[0] == 0:
+        return None
+    ind, ptr, row_value, repeats = _pairs.padded_to_csr(idx.numpy(), val.numpy())
+    if repeats or not np.all(np.isfinite(row_value)) or np.any(row_value != np.round(row_value)):
+        return None
+    if np.abs(row_value).max() ** 2 >= 2 ** 31:
+        return None
+    return ind, ptr, row_value
+
+
+def _row_values(idx, val):
+    """Each row's common coefficient over its valid entries (0 for an empty row, NaN where they differ)."""
+    valid = idx >= 0
+    v = val.to(torch.float64)
+    top = torch.where(valid, v, torch.tensor(-np.inf, dtype=torch.float64)).max(1).values
+    low = torch.where(valid, v, torch.tensor(np.inf, dtype=torch.float64)).min(1).values
+    out = torch.where(top == low, top, torch.tensor(np.nan, dtype=torch.float64))
+    return torch.where(valid.any(1), out, torch.zeros_like(out)).numpy()
+
+
+def _add_dense_pairs(targets, n_atoms, ia, va, ib, vb):
+    """``_add_pairs`` as one dense GEMM ``A^T B`` per block of rows (the CUDA path; runs anywhere).
+
+    With integer coefficients in [-127, 127] (binary codes, times a small degree) the blocks are
+    int8 and their product is int32 (``torch._int_mm``): exact, and the GPU's fastest GEMM; other
+    coefficients multiply in float64. Blocks are added to the float64 sum, so it is exact across
+    blocks too. A block holds at most ``_MAX_DENSE_BLOCK`` entries and fewer than
+    2**31 / 127**2 rows.
+    """
+    k = n_atoms
+    small = all(bool(((v == v.round()) & (v.abs() <= 127)).all()) for v in (va, vb))
+    rows = max(1, min(_MAX_DENSE_BLOCK // k, (2 ** 31 - 1) // 127 ** 2))
+    for i in range(0, ia.shape[0], rows):
+        a = _dense_block(ia[i:i + rows], va[i:i + rows], k, torch.int8 if small else torch.float64)
+        b = _dense_block(ib[i:i + rows], vb[i:i + rows], k, a.dtype)
+        product = _block_product(a, b)
+        for target, scale in targets:
+            target.view(k, k).add_(product, alpha=scale)
+
+
+def _dense_block(idx, val, k, dtype):
+    """The (n, K) dense matrix of padded sparse rows (repeated indices add up)."""
+    work = torch.float32 if dtype == torch.int8 else torch.float64  # exact for int8's range
+    dense = torch.zeros(idx.shape[0], k + 1, dtype=work, device=idx.device)
+    dense.scatter_add_(1, idx.where(idx >= 0, k), val.to(work) * (idx >= 0))
+    return dense[:, :k].to(dtype)
+
+
+def _block_product(a, b):
+    """``a^T b`` in float64; int8 blocks multiply exactly into int32 (padded to the shapes int8
+    GEMMs need: more than 16 rows of the left factor, inner and outer sizes multiples of 8)."""
+    if a.dtype != torch.int8:
+        return a.T @ b
+    n, k = a.shape
+    n_pad, k_pad = -(-max(n, 1) // 8) * 8, max(-(-k // 8) * 8, 24)
+    at = torch.zeros(k_pad, n_pad, dtype=torch.int8, device=a.device)
+    bp = torch.zeros(n_pad, k_pad, dtype=torch.int8, device=a.device)
+    at[:k, :n] = a.T
+    bp[:n, :k] = b
+    return torch._int_mm(at, bp)[:k, :k].to(torch.float64)
 
 
 def _csr(idx, val, n_atoms):
@@ -53,14 +163,14 @@ def _csr(idx, val, n_atoms):
         shape=(idx.shape[0], n_atoms))
 
 
-def _add_sparse_product(out, ia, va, ib, vb):
-    """out += A^T B for the sparse rows of ``_add_pairs``; out is a dense float64 (K, K) array.
+def _add_sparse_product(outs, ia, va, ib, vb):
+    """out += scale * A^T B for each (out, scale) in ``outs``, dense float64 (K, K) arrays.
 
     The rows are split over torch's CPU threads (scipy's sparse kernels release the GIL). The
     products are added in row order, each while the later ones are still computing, so the sum
     does not depend on the timing of the threads.
     """
-    n, k = ia.shape[0], out.shape[0]
+    n, k = ia.shape[0], outs[0][0].shape[0]
     same = ia is ib and va is vb
 
     def product(rows):
@@ -71,12 +181,12 @@ def _add_sparse_product(out, ia, va, ib, vb):
     n_parts = min(torch.get_num_threads(), _MAX_PRODUCT_THREADS, max(1, n // _MIN_PRODUCT_ROWS))
     bounds = np.linspace(0, n, n_parts + 1).astype(int)
     parts = [slice(i, j) for i, j in zip(bounds[:-1], bounds[1:])]
-    flat = out.reshape(-1)
 
     def add(c):
         rows = np.repeat(np.arange(k, dtype=np.int64) * k, np.diff(c.indptr))
         # After the product every (row, column) appears once, so a fancy-index add is exact.
-        flat[rows + c.indices] += c.data
+        for out, scale in outs:
+            out.reshape(-1)[rows + c.indices] += c.data if scale == 1 else scale * c.data
 
     if n_parts == 1:
         add(product(parts[0]))
@@ -86,45 +196,12 @@ def _add_sparse_product(out, ia, va, ib, vb):
             add(c)
 
 
-def _scatter_pairs(target, n_atoms, ia, va, ib, vb):
-    """``_add_pairs`` by scattering every pair (the CUDA path).
-
-    When padding dominates, rows are grouped by their number of valid entries (rounded up to a
-    power of two) so the work follows the real pair count, not the widest row of the batch:
-    threshold codes vary from a few to hundreds of atoms per patch.
-    """
-    count_a, count_b = (ia >= 0).sum(1), (ib >= 0).sum(1)
-    if 2 * int((count_a * count_b).sum()) >= ia.shape[0] * ia.shape[1] * ib.shape[1]:
-        _add_padded_pairs(target, n_atoms, ia, va, ib, vb)  # little padding: grouping costs more than it saves
-        return
-    ia, va, wa = _compact(ia, va, count_a)
-    ib, vb, wb = _compact(ib, vb, count_b)
-    group = wa * (ib.shape[1] + 1) + wb
-    for g in torch.unique(group[(wa > 0) & (wb > 0)]).tolist():
-        rows = torch.nonzero(group == g)[:, 0]
-        a_w, b_w = divmod(g, ib.shape[1] + 1)
-        _add_padded_pairs(target, n_atoms, ia[rows, :a_w], va[rows, :a_w], ib[rows, :b_w], vb[rows, :b_w])
-
-
-def _compact(idx, val, count):
-    """Move each row's valid entries (idx >= 0; ``count`` per row) first; also return the row widths
-    rounded up to a power of two (0 for an empty row)."""
-    valid = idx >= 0
-    if not bool(valid.all()):
-        order = (~valid).to(torch.uint8).argsort(dim=1, stable=True)
-        idx, val = idx.gather(1, order), val.gather(1, order)
-    width = torch.where(count > 0, 2 ** torch.ceil(torch.log2(count.clamp(min=1).double())).long(), 0)
-    return idx, val, width.clamp(max=idx.shape[1])
-
-
-def _add_padded_pairs(target, n_atoms, ia, va, ib, vb):
-    rows = max(1, _MAX_PAIRS // (ia.shape[1] * ib.shape[1]))
-    for i in range(0, ia.shape[0], rows):
-        a, b = ia[i:i + rows], ib[i:i + rows]
-        valid = (a >= 0)[:, :, None] & (b >= 0)[:, None, :]
-        key = a[:, :, None] * n_atoms + b[:, None, :]
-        weight = va[i:i + rows, :, None].double() * vb[i:i + rows, None, :].double()
-        target.index_add_(0, key[valid], weight[valid])
+def _whole_image_weight(n_patches, order):
+    """w(m) of a full grid of m patches: the weight of G_img in the whole-image M (order 1: m;
+    order 2: m^2 / (m - 1)^2)."""
+    if order == 1:
+        return float(n_patches)
+    return float(n_patches) ** 2 / (n_patches - 1) ** 2 if n_patches > 1 else 0.0
 
 
 def _neighbour_codes(indices, values, nonempty, radius, n_views=1):
@@ -234,25 +311,33 @@ class ContextStatistics:
         b, h, w, m = indices.shape
         if b % n_views:
             raise ValueError(f"{b} images do not split into {n_views} views of equal count")
+        if self.context == "image" and self.order == 1:
+            csr = _integer_rows(indices.reshape(-1, m), values.reshape(-1, m), self.n_atoms)
+            if csr is not None:
+                self._add_whole_image_counts(csr, nonempty, n_views)
+                return self
         flat_i, flat_v = indices.reshape(-1, m), values.reshape(-1, m)
         nodes = nonempty.reshape(-1)
-        # The whole-image context reuses this batch's G (see _add_whole_image): keep it apart.
-        batch_gram = torch.zeros_like(self._gram) if self.context == "image" else self._gram
+        scenes = b // n_views
         node_i, node_v = flat_i[nodes], flat_v[nodes]
-        _add_pairs(batch_gram, k, node_i, node_v, node_i, node_v)
+        if self.context == "image":
+            # The whole-image context's pair term is w_ref G of the batch (see _add_whole_image):
+            # it is added to M as G's pairs are counted.
+            _add_pairs(self._gram, k, node_i, node_v, node_i, node_v,
+                       also=(self._context, _whole_image_weight(n_views * h * w, self.order)))
+        else:
+            _add_pairs(self._gram, k, node_i, node_v, node_i, node_v)
         used = node_i[node_i >= 0]
         self.usage_ += torch.bincount(used, minlength=k).to(torch.float64)
         self.n_patches_ += int(nodes.sum())
         self.n_images_ += b
-        scenes = b // n_views
         if self.context == "image":
             # Position plays no part in a whole-image context: a scene's views stacked along the
             # height are one image.
             def stack(t):
                 return t.reshape(n_views, scenes, h, w, *t.shape[3:]).transpose(0, 1).reshape(
                     scenes, n_views * h, w, *t.shape[3:])
-            self._gram += batch_gram
-            self._add_whole_image(stack(indices), stack(values), stack(nonempty), batch_gram)
+            self._add_whole_image(stack(indices), stack(values), stack(nonempty))
         else:
             # Neighbour lists cost V (2r+1)^2 * m per patch: walk the batch in slices of scenes.
             per_scene = n_views * h * w * (n_views * (2 * self.context + 1) ** 2 - 1) * m
@@ -264,30 +349,56 @@ class ContextStatistics:
                 self._add_window(part(indices, i), part(values, i), part(nonempty, i), n_views)
         return self
 
-    def _add_whole_image(self, indices, values, nonempty, batch_gram):
+    def _add_whole_image(self, indices, values, nonempty):
         # First order over the complete graph of an image: m G_img - s s^T; second order is the
         # same times m / (m - 1)^2 (spec 5.3). The pair term weighs each image's G_img by
         # w(m) = m (order 1) or m^2 / (m - 1)^2: with w_ref = w(full grid) it is
-        # w_ref G_batch + sum_img (w(m_img) - w_ref) G_img, so only images with constant patches
-        # need their pairs scattered again; the statistics pass does about half the work.
+        # w_ref G_batch + sum_img (w(m_img) - w_ref) G_img. partial_fit added w_ref G_batch, so
+        # only images with constant patches need their pairs counted again.
         k = self.n_atoms
         b, h, w, mm = indices.shape
         m_img = nonempty.reshape(b, -1).sum(1).to(torch.float64)
         if self.order == 1:
             scale = torch.ones_like(m_img)
-            w_ref = float(h * w)
         else:
             scale = torch.where(m_img > 1, m_img / (m_img - 1).clamp(min=1) ** 2, torch.zeros_like(m_img))
-            w_ref = float(h * w) ** 2 / (h * w - 1) ** 2 if h * w > 1 else 0.0
-        self._context += w_ref * batch_gram
+        w_ref = _whole_image_weight(h * w, self.order)
         flat_i = indices.reshape(b, -1, mm)
         flat_v = values.reshape(b, -1, mm).to(torch.float64)
         node = nonempty.reshape(b, -1) & (m_img != h * w)[:, None]
         weighted = flat_v * (scale * m_img - w_ref)[:, None, None]
-        _add_pairs(self._context, k, flat_i[node], weighted[node], flat_i[node], flat_v[node])
+        node_i = flat_i[node]
+        _add_pairs(self._context, k, node_i, weighted[node], node_i, flat_v[node])
         sums = torch.zeros(b, k + 1, dtype=torch.float64, device=indices.device)
         sums.scatter_add_(1, (flat_i.where(flat_i >= 0, k)).reshape(b, -1), flat_v.reshape(b, -1))
-        sums = sums[:, :k] * scale.sqrt()[:, None]
+        self._subtract_outer(sums[:, :k] * scale.sqrt()[:, None])
+
+    def _add_whole_image_counts(self, csr, nonempty, n_views):
+        """The first-order whole-image statistics of codes whose every row holds one integer
+        coefficient, all from one CSR of the batch: the same sums as the general path."""
+        ind, ptr, row_value = csr
+        k = self.n_atoms
+        b, h, w = nonempty.shape
+        scenes, size = b // n_views, n_views * h * w
+        w_ref = _whole_image_weight(size, 1)
+        weight = (row_value * row_value).astype(np.int64)
+        targets = [(self._gram.numpy().reshape(k, k), 1.0), (self._context.numpy().reshape(k, k), w_ref)]
+        _pairs.add_pair_counts(targets, ind, ptr, weight)
+        self.usage_ += torch.from_numpy(np.bincount(ind, minlength=k).astype(np.float64))
+        self.n_patches_ += int(nonempty.sum())
+        self.n_images_ += b
+        # Scenes with constant patches: their G_img weighs m_img, not w_ref (see _add_whole_image).
+        m_scene = nonempty.reshape(n_views, scenes, -1).sum((0, 2)).numpy().astype(np.int64)
+        if np.any(m_scene != size):
+            per_row = np.broadcast_to((m_scene - size)[None, :, None], (n_views, scenes, h * w)).reshape(-1)
+            _pairs.add_pair_counts([(targets[1][0], 1.0)], ind, ptr, weight * per_row)
+        sums = _pairs.image_sums(ind, ptr, row_value, h * w, k)
+        self._subtract_outer(torch.from_numpy(sums.reshape(n_views, scenes, k).sum(0)))
+
+    def _subtract_outer(self, sums):
+        """M -= sum_img s s^T for the rows s of ``sums`` (n, K)."""
+        k = self.n_atoms
+        b = sums.shape[0]
         nnz = (sums != 0).sum(1)
         if int((nnz * nnz).sum()) * 16 < b * k * k:  # sparse outer products beat the dense GEMM
             width = int(nnz.max())
@@ -296,7 +407,7 @@ class ContextStatistics:
             top = top.where(vals != 0, -1)
             _add_pairs(self._context, k, top, -vals, top, vals)
         else:
-            self._context -= (sums.T @ sums).reshape(-1)
+            self._context.view(k, k).addmm_(sums.T, sums, alpha=-1)
 
     def _add_window(self, indices, values, nonempty, n_views):
         k = self.n_atoms

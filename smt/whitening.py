@@ -31,13 +31,22 @@ class Whitening:
         self.eps = eps
 
     def partial_fit(self, patches):
-        """Add patches of shape (n, D) to the float64 second-moment sums."""
-        x = patches.reshape(-1, patches.shape[-1]).to(torch.float64)
+        """Add patches to the float64 second-moment sums.
+
+        Parameters
+        ----------
+        patches : torch.Tensor of shape (n, D) or (n_images, ..., D)
+            With more than two dimensions, each image's moment is summed on its own and added in
+            image order, so the sums do not depend on how the images are batched.
+        """
+        d = patches.shape[-1]
+        x = patches.reshape(patches.shape[0] if patches.dim() > 2 else 1, -1, d).to(torch.float64)
         if not hasattr(self, "_scatter"):
-            self._scatter = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+            self._scatter = torch.zeros(d, d, dtype=torch.float64, device=x.device)
             self.n_samples_seen_ = 0
-        self._scatter += x.T @ x
-        self.n_samples_seen_ += x.shape[0]
+        for moment in torch.bmm(x.transpose(1, 2), x):
+            self._scatter += moment
+        self.n_samples_seen_ += x.shape[0] * x.shape[1]
         return self
 
     def finalize(self):

@@ -317,7 +317,7 @@ def test_torch_solver_matches_scipy(monkeypatch):
 
 
 # the CPU path in one thread and split over 3, and the CUDA path
-@pytest.mark.parametrize("path", ["sparse_product", "sparse_product_threads", "scatter"])
+@pytest.mark.parametrize("path", ["sparse_product", "sparse_product_threads", "dense"])
 @pytest.mark.parametrize("max_width", [2, 40])  # little padding, and rows of very different widths
 def test_pair_accumulation_matches_dense_outer_products(max_width, path, monkeypatch):
     import smt.spectral
@@ -338,7 +338,11 @@ def test_pair_accumulation_matches_dense_outer_products(max_width, path, monkeyp
         dense.scatter_add_(1, idx.clamp(min=0), val.double())
         return idx, val, dense
 
-    add = smt.spectral._scatter_pairs if path == "scatter" else smt.spectral._add_pairs
+    def add(target, k, *codes):
+        if path == "dense":
+            smt.spectral._add_dense_pairs([(target, 1.0)], k, *codes)
+        else:
+            smt.spectral._add_pairs(target, k, *codes)
     (ia, va, a), (ib, vb, b) = rows(max_width), rows(max_width + 3)
     target = torch.zeros(k * k, dtype=torch.float64)
     add(target, k, ia, va, ia, va)
