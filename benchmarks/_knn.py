@@ -33,6 +33,8 @@ def parser(doc, **defaults):
     ap.add_argument("--max-active", type=int, default=None)
     ap.add_argument("--empty-code", choices=["zero", "argmax"], default="zero")
     ap.add_argument("--code-norm", choices=["l1", "l2"], default=None)
+    ap.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                    help="of the encode GEMM (bf16: similarities in bfloat16, compared in float32)")
     ap.add_argument("--n-components", type=int)
     ap.add_argument("--n-skip", type=int, default=1)
     ap.add_argument("--context", help="'image' or a radius in patches")
@@ -94,7 +96,7 @@ def run(args, load, name, paper):
             x_train, y_train = add_mirrors(x_train, y_train)
     model = SMT(patch_size=6, n_atoms=args.n_atoms, coding=args.coding, threshold=args.threshold,
                 n_nonzero=args.n_nonzero, max_active=args.max_active, empty_code=args.empty_code,
-                code_norm=args.code_norm, n_components=args.n_components, pool_size=args.pool_size,
+                code_norm=args.code_norm, precision=args.precision, n_components=args.n_components, pool_size=args.pool_size,
                 pool_stride=args.pool_stride,
                 n_skip=args.n_skip, context=context, order=args.order, whiten_eps=args.whiten_eps,
                 dict_epochs=args.dict_epochs, dict_max_patches=args.dict_max_patches,

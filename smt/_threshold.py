@@ -18,8 +18,16 @@ _lock = threading.Lock()
 _KEEP = 512  # indices kept per row by the first pass; a row with more is scanned again
 
 
+@numba.njit(cache=True, nogil=True)
+def _order(v, sign_magnitude):
+    # bfloat16 bits read as int16 are sign-magnitude: negatives order backwards.
+    if sign_magnitude and v < 0:
+        return -(v + 32768)
+    return v
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _compare(s, t, argmax, first, counts):
+def _compare(s, t, argmax, first, counts, sign_magnitude):
     cap = first.shape[1]
     for i in numba.prange(s.shape[0]):
         c = 0
@@ -30,9 +38,11 @@ def _compare(s, t, argmax, first, counts):
                 c += 1
         if c == 0 and argmax:
             best = 0
+            top = _order(s[i, 0], sign_magnitude)
             for j in range(1, s.shape[1]):
-                if s[i, j] > s[i, best]:
-                    best = j
+                v = _order(s[i, j], sign_magnitude)
+                if v > top:
+                    best, top = j, v
             first[i, 0] = best
             c = 1
         counts[i] = c
@@ -63,17 +73,27 @@ def _pad(flat, counts, starts, indices, values):
         values[i, c:] = 0.0
 
 
+def _bf16_threshold(threshold):
+    """The int16 b with ``float32(bits b as bfloat16) > float32(t)  <=>  b > b_t`` for t > 0:
+    a bfloat16 is the high half of a float32, and positive floats order as their bit patterns."""
+    if not threshold > 0:
+        raise ValueError("the bfloat16 compare needs a positive threshold")
+    return np.int16(int(np.array(threshold, np.float32).view(np.int32)) >> 16)
+
+
 def threshold_code(blocks, n, threshold, argmax_if_empty):
     """Binary threshold codes as padded lists (see :func:`smt.coding.sparse_code`).
 
     Parameters
     ----------
     blocks : iterable of torch.Tensor of shape (rows, K), on the CPU
-        The similarities of consecutive rows, block by block; a block may be overwritten once the
-        next is asked for.
+        The similarities of consecutive rows, block by block (float32, float64, or bfloat16 with a
+        positive threshold); a block may be overwritten once the next is asked for.
     n : int
         Rows in all blocks together.
     threshold : float
+        Compared in float32 (float64 for float64 blocks): a bfloat16 similarity s is active when
+        float32(s) > float32(threshold).
     argmax_if_empty : bool
         A row with no similarity above the threshold gets its best atom instead of none.
 
@@ -90,12 +110,13 @@ def threshold_code(blocks, n, threshold, argmax_if_empty):
         # torch.set_num_threads governs these passes too.
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         for block in blocks:
-            s = block.numpy()
+            bf16 = block.dtype == torch.bfloat16
+            s = block.view(torch.int16).numpy() if bf16 else block.numpy()
             if first is None:  # the first block is the tallest
                 first = np.empty((s.shape[0], min(s.shape[1], _KEEP)), np.int32)
-                t = s.dtype.type(threshold)
+                t = _bf16_threshold(threshold) if bf16 else s.dtype.type(threshold)
             m = s.shape[0]
-            _compare(s, t, argmax_if_empty, first[:m], counts[i:i + m])
+            _compare(s, t, argmax_if_empty, first[:m], counts[i:i + m], bf16)
             flat = np.empty(int(counts[i:i + m].sum()), np.int32)
             _gather(s, t, first[:m], counts[i:i + m], np.cumsum(counts[i:i + m]) - counts[i:i + m], flat)
             lists.append(flat)

@@ -3,6 +3,7 @@ embedding -> average pooling, behind the scikit-learn transformer API."""
 import hashlib
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from smt._io import load_npz, save_npz
 from smt._validation import as_images, to_batch
 from smt.augment import gray_views
 from smt.code_store import CodeStore
-from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, sparse_code
+from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code
 from smt.dictionary import OnlineDictionary, incoherent_atoms
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
@@ -29,6 +30,9 @@ _FORMAT_VERSION = 1
 _PHASES = ("whitening", "dictionary", "statistics", "done")
 # Parameters that change neither the fitted model nor the order the data is walked in.
 _RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every")
+# Threshold codes this dense (mean active atoms per patch over K) make the statistics cost grow with
+# the square of the density (CIFAR-10 at K 8192, t 0.3: 0.014): the fit warns.
+_DENSE_CODES = 0.03
 # Algorithm 1 walks the front-end images in groups of about this many of its batches' worth of patches.
 _DICT_GROUP_BATCHES = 16
 
@@ -59,6 +63,11 @@ class SMT(TransformerMixin, BaseEstimator):
         Code of a patch with no atom above the threshold.
     code_norm : {None, "l1", "l2"}, default=None
         Binary codes, or divided by the L1 / L2 norm of the binary code.
+    precision : {"float32", "bf16"}, default="float32"
+        Of the encode GEMM (patch-atom similarities). ``"bf16"`` multiplies in bfloat16 and
+        compares with the threshold in float32: 2-3x the float32 rate on CPUs with bf16 units, and
+        codes that differ only for similarities within bfloat16's rounding of the threshold
+        (benchmarks/RESULTS.md, "Speed").
     n_components : int, default=384
         Embedding dimension d per patch.
     n_skip : int, default=1
@@ -151,8 +160,8 @@ class SMT(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, patch_size=6, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
-                 max_active=None, empty_code="zero", code_norm=None, n_components=384, n_skip=1,
-                 context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
+                 max_active=None, empty_code="zero", code_norm=None, precision="float32", n_components=384,
+                 n_skip=1, context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
                  dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4,
                  pool_stride=2, grayscale_augmentation=None, normalize_output=False,
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
@@ -165,6 +174,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self.max_active = max_active
         self.empty_code = empty_code
         self.code_norm = code_norm
+        self.precision = precision
         self.n_components = n_components
         self.n_skip = n_skip
         self.context = context
@@ -585,6 +595,12 @@ class SMT(TransformerMixin, BaseEstimator):
             if store is not None:
                 store.append(idx[:len(images[b:b + self.batch_size])])
             active = (idx >= 0).sum(-1)[~empty]
+            if n_nodes == 0 and len(active) and float(active.float().mean()) > _DENSE_CODES * self.n_atoms:
+                warnings.warn(
+                    f"the codes are dense: {float(active.float().mean()):.0f} of the {self.n_atoms} atoms are "
+                    f"active in a patch on average (threshold {self.threshold}), and the statistics cost grows "
+                    f"with the square of that; raise threshold, set max_active, or use coding='top_k'",
+                    UserWarning, stacklevel=4)
             n_active += int(active.sum())
             n_coded += int((active > 0).sum())
             n_nodes += len(active)
@@ -614,7 +630,7 @@ class SMT(TransformerMixin, BaseEstimator):
         z = patches.reshape(-1, dim)[keep] @ x  # constant patches get no code: skip their GEMM
         z = z / (z.norm(dim=1, keepdim=True) + 1e-9)
         idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
-                               self.empty_code, self.code_norm)
+                               self.empty_code, self.code_norm, precision=self.precision)
         full_idx = idx.new_full((n * gh * gw, idx.shape[1]), -1)
         full_idx[keep] = idx
         if not values:
@@ -672,6 +688,7 @@ class SMT(TransformerMixin, BaseEstimator):
             (self.coding in CODINGS, f"coding must be one of {CODINGS}"),
             (self.empty_code in EMPTY_CODES, f"empty_code must be one of {EMPTY_CODES}"),
             (self.code_norm in CODE_NORMS, f"code_norm must be one of {CODE_NORMS}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (isinstance(self.n_components, (int, np.integer)) and self.n_components >= 1,
              "n_components must be an int >= 1"),
             (isinstance(self.n_skip, (int, np.integer)) and self.n_skip >= 0, "n_skip must be an int >= 0"),

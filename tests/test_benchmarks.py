@@ -35,14 +35,17 @@ def test_speed_script_prints_every_table(data_root, capsys):
         pytest.skip("no CIFAR-10 copy")
     import speed
     result = speed.main(["--data", data_root, "--stage-images", "16", "--stage-atoms", "64",
-                         "--n-images", "40", "80", "--n-atoms", "32", "64"])
+                         "--n-images", "40", "80", "--n-atoms", "32", "64", "--atoms-images", "40", "60",
+                         "--flagship-images", "0"])
     out = capsys.readouterr().out
-    assert "of the matmul rate" in out and "plain scipy.linalg.eigh" in out
-    assert 0 < result["encode_fraction"] < 2
+    assert "of the float32 matmul rate" in out and "plain scipy.linalg.eigh" in out
+    assert "G pair updates/s" in out and "precision='bf16'" in out
+    assert 0 < result["encode_fraction"] < 2 and result["pair_rate"] > 0 and result["matmul_flops_bf16"] > 0
     # encode is its GEMM plus the threshold pass, so the GEMM alone runs at a higher rate
     assert result["encode_gemm_fraction"] > result["encode_fraction"]
-    # images scale at the first K, atoms at the first image count
-    assert [(n, k) for n, k, *_ in result["scaling"]] == [(40, 32), (80, 32), (40, 64)]
+    assert 0 <= result["bf16_code_difference"] < 0.05
+    # images scale at the first K, atoms at every --atoms-images
+    assert [(n, k) for n, k, *_ in result["scaling"]] == [(40, 32), (80, 32), (40, 64), (60, 64)]
     assert all(sec > 0 and gib > 0 for _, _, sec, gib, _ in result["scaling"])
 
 
@@ -58,3 +61,18 @@ def test_words_script_puts_smt_next_to_both_baselines(data_root, capsys):
     for row in table.values():
         assert row["MEN"]["coverage"] > 0.1 and -1 <= row["MEN"]["spearman"] <= 1
     assert table["SMT"]["MEN"]["spearman"] > 0.2  # measured 0.46 at d 300, min count 5
+
+
+def test_gpu_script_runs_end_to_end_on_tiny_settings(data_root, tmp_path, capsys):
+    """The GPU script is tried on CPU here (CI has no GPU): data folder, stage table, CIFAR rows."""
+    if not (Path(data_root) / "cifar10").exists():
+        pytest.skip("no CIFAR-10 copy")
+    import gpu
+    import gpu_data
+    gpu_data.main(["--data", data_root, "--out", str(tmp_path), "--n-train", "120", "--n-test", "40"])
+    assert {f.name for f in tmp_path.iterdir()} >= {"mnist", "cifar10_train_x.npy", "cifar10_test_y.npy"}
+    result = gpu.main(["--data", str(tmp_path), "--device", "cpu", "--n-atoms", "64", "--n-components", "8",
+                       "--stage-images", "16", "--skip-tests", "--skip-mnist"])
+    out = capsys.readouterr().out
+    assert "extrapolated" in out and "statistics (encode + counts)" in out
+    assert 0 <= result["top1"] <= 100 and result["cifar10_seconds_extrapolated"] > 0

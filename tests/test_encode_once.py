@@ -94,3 +94,4 @@ def test_fit_transform_returns_a_tensor_for_a_tensor(digits):
     X, _ = digits
     z = small_smt().fit_transform(torch.as_tensor(X[:200], dtype=torch.float32))
     assert isinstance(z, torch.Tensor) and z.shape[0] == 200
+

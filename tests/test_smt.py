@@ -371,3 +371,9 @@ small_smt(**{params!r}).fit(np.load({str(tmp_path / "x.npy")!r}))
     np.testing.assert_array_equal(resumed.dictionary_, uninterrupted.dictionary_)
     np.testing.assert_allclose(resumed.components_, uninterrupted.components_, atol=1e-12)
     np.testing.assert_array_equal(resumed.transform(X[:20]), uninterrupted.transform(X[:20]))
+
+
+def test_dense_threshold_codes_warn(digits):
+    X, _ = digits
+    with pytest.warns(UserWarning, match="codes are dense"):
+        small_smt(coding="threshold", threshold=0.0, context="image").fit(X[:200])

@@ -349,3 +349,36 @@ def test_pair_accumulation_matches_dense_outer_products(max_width, path, monkeyp
     torch.testing.assert_close(target.view(k, k), a.T @ a)
     add(target, k, ia, va, ib, vb)  # adds to what is there
     torch.testing.assert_close(target.view(k, k), a.T @ a + a.T @ b)
+
+
+@pytest.mark.parametrize("rule", ["zero", "argmax"])
+def test_bf16_similarities_are_compared_in_float32(monkeypatch, rule):
+    """precision="bf16": the compiled pass on bfloat16 bits gives the codes of comparing the
+    bfloat16 similarities, widened to float32, with the float32 threshold."""
+    import smt.coding
+    if smt.coding.threshold_code is None:
+        pytest.skip("numba not installed (the 'fast' extra)")
+    gen = torch.Generator().manual_seed(4)
+    phi = torch.nn.functional.normalize(torch.randn(700, 8, generator=gen), dim=1)
+    x = torch.nn.functional.normalize(torch.randn(3000, 8, generator=gen), dim=1)
+    x[::5] = -phi[0]  # rows whose similarities are all far below a high threshold
+    for t in (0.3, 0.8):
+        fast = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule, precision="bf16")
+        s = (x.bfloat16() @ phi.bfloat16().T).float()
+        expected = [torch.nonzero(row > torch.tensor(t, dtype=torch.float32))[:, 0].tolist() for row in s]
+        if rule == "argmax":
+            expected = [e or [int(row.argmax())] for e, row in zip(expected, s)]
+        got = [r[r >= 0].tolist() for r in fast[0]]
+        assert got == expected
+        monkeypatch.setattr(smt.coding, "threshold_code", None)  # torch's pass on the same bf16 blocks
+        slow = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule, precision="bf16")
+        monkeypatch.undo()
+        assert torch.equal(fast[0], slow[0])
+    # the codes differ from float32's only near the threshold
+    def dense(idx):
+        return torch.zeros(len(idx), 701, dtype=torch.bool).scatter_(1, idx.where(idx >= 0, 700), True)[:, :700]
+    f32 = dense(sparse_code(x, phi, "threshold", threshold=0.3)[0])
+    bf16 = dense(sparse_code(x, phi, "threshold", threshold=0.3, precision="bf16")[0])
+    assert 0 < (f32 != bf16).sum() < 0.01 * f32.sum()
+    with pytest.raises(ValueError, match="precision"):
+        sparse_code(x, phi, precision="fp8")
