@@ -30,9 +30,15 @@ _FORMAT_VERSION = 1
 _PHASES = ("whitening", "dictionary", "statistics", "done")
 # Parameters that change neither the fitted model nor the order the data is walked in.
 _RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every")
-# Threshold codes this dense (mean active atoms per patch over K) make the statistics cost grow with
-# the square of the density (CIFAR-10 at K 8192, t 0.3: 0.014): the fit warns.
+# Threshold codes this dense (mean active atoms per patch over K, and at least this many atoms) make
+# the statistics cost grow with the square of the density: the fit warns. CIFAR-10 at K 8192, t 0.3:
+# 115 atoms, 0.014; MNIST at the same defaults: 417 atoms, 0.051.
 _DENSE_CODES = 0.03
+_DENSE_MIN_ATOMS = 100
+# A coding step's padded codes (indices, coefficients and their copies on the patch grid) stay
+# within about this many bytes: a batch of dense codes is coded in several steps, so memory does not
+# follow the width of the codes.
+_CODE_BYTES = 1 << 30
 # Algorithm 1 walks the front-end images in groups of about this many of its batches' worth of patches.
 _DICT_GROUP_BATCHES = 16
 
@@ -588,22 +594,26 @@ class SMT(TransformerMixin, BaseEstimator):
         stats = stages["stats"]
         phi = torch.as_tensor(self.dictionary_, dtype=torch.float32, device=device)
         n_active = n_coded = n_nodes = 0
+        views = 1 if self.grayscale_augmentation is None else 2
         for b in self._batches(len(images), run, "statistics"):
-            patches, empty = extract_patches(self._views(images[b:b + self.batch_size], device), self.patch_size)
-            idx, val = self._code(patches, empty, phi, device)
-            stats.partial_fit(idx, val, ~empty, n_views=2 if self.grayscale_augmentation == "paired" else 1)
-            if store is not None:
-                store.append(idx[:len(images[b:b + self.batch_size])])
-            active = (idx >= 0).sum(-1)[~empty]
-            if n_nodes == 0 and len(active) and float(active.float().mean()) > _DENSE_CODES * self.n_atoms:
-                warnings.warn(
-                    f"the codes are dense: {float(active.float().mean()):.0f} of the {self.n_atoms} atoms are "
-                    f"active in a patch on average (threshold {self.threshold}), and the statistics cost grows "
-                    f"with the square of that; raise threshold, set max_active, or use coding='top_k'",
-                    UserWarning, stacklevel=4)
-            n_active += int(active.sum())
-            n_coded += int((active > 0).sum())
-            n_nodes += len(active)
+            batch = images[b:b + self.batch_size]
+            for part in self._code_steps(len(batch), views, bytes_per_entry=24):
+                patches, empty = extract_patches(self._views(batch[part], device), self.patch_size)
+                idx, val = self._code(patches, empty, phi, device)
+                stats.partial_fit(idx, val, ~empty, n_views=2 if self.grayscale_augmentation == "paired" else 1)
+                if store is not None:
+                    store.append(idx[:len(batch[part])])
+                active = (idx >= 0).sum(-1)[~empty]
+                mean = float(active.float().mean()) if n_nodes == 0 and len(active) else 0.0
+                if mean > max(_DENSE_CODES * self.n_atoms, _DENSE_MIN_ATOMS):
+                    warnings.warn(
+                        f"the codes are dense: {mean:.0f} of the {self.n_atoms} atoms are "
+                        f"active in a patch on average (threshold {self.threshold}), and the statistics cost grows "
+                        f"with the square of that; raise threshold, set max_active, or use coding='top_k'",
+                        UserWarning, stacklevel=4)
+                n_active += int(active.sum())
+                n_coded += int((active > 0).sum())
+                n_nodes += len(active)
             run["batch"] = b + self.batch_size
             self._maybe_checkpoint(run, stages, ckpt_images, self.batch_size)
         return np.array([n_active, n_coded, n_nodes], dtype=np.int64)
@@ -631,6 +641,7 @@ class SMT(TransformerMixin, BaseEstimator):
         z = z / (z.norm(dim=1, keepdim=True) + 1e-9)
         idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
                                self.empty_code, self.code_norm, precision=self.precision)
+        self._code_width = idx.shape[1]
         full_idx = idx.new_full((n * gh * gw, idx.shape[1]), -1)
         full_idx[keep] = idx
         if not values:
@@ -641,10 +652,21 @@ class SMT(TransformerMixin, BaseEstimator):
 
     def _embed(self, batch, device):
         """Embeddings of a batch of images, (n, n_features_out_)."""
-        patches, empty = extract_patches(batch, self.patch_size)
-        idx, _ = self._code(patches, empty, self._embedding_cache(device)["phi"], device, values=False)
-        valid = idx >= 0
-        return self._embed_codes(idx[valid].to(torch.int32), valid.sum(-1, dtype=torch.int32), device)
+        out = []
+        for part in self._code_steps(len(batch), 1, bytes_per_entry=16):
+            patches, empty = extract_patches(batch[part], self.patch_size)
+            idx, _ = self._code(patches, empty, self._embedding_cache(device)["phi"], device, values=False)
+            valid = idx >= 0
+            out.append(self._embed_codes(idx[valid].to(torch.int32), valid.sum(-1, dtype=torch.int32), device))
+        return torch.cat(out)
+
+    def _code_steps(self, n_images, views, bytes_per_entry):
+        """Slices of a batch of ``n_images`` coded at once: their padded codes, at the width of the
+        last codes (``_code_width``), hold about ``_CODE_BYTES``."""
+        gh, gw = self.patch_grid_shape_
+        width = self.__dict__.get("_code_width", 64)
+        step = max(1, _CODE_BYTES // (views * gh * gw * width * bytes_per_entry))
+        return [slice(i, i + step) for i in range(0, n_images, step)]
 
     def _embed_codes(self, atoms, counts, device):
         """Embeddings of images from their binary codes.

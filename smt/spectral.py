@@ -475,11 +475,13 @@ def solve_embedding(gram, context, n_patches, n_components, n_skip=1, device="cp
         raise ValueError(
             f"n_skip + n_components = {n_total} exceeds the {k_used} atoms the training codes use; "
             f"lower n_components or fit on more images")
-    v = gram[used][:, used] / n_patches
-    mm = context[used][:, used] / n_patches
-    mm = (mm + mm.T) / 2
-    v = (v + v.T) / 2
-    v += torch.eye(k_used, dtype=torch.float64, device=v.device) * (1e-6 * torch.trace(v) / k_used)
+    # In place after one copy each: at K 8192 every (K, K) temporary is 512 MiB.
+    v = gram[used][:, used] / n_patches if k_used < k else torch.div(gram, n_patches)
+    mm = context[used][:, used] if k_used < k else context.clone()
+    mm /= n_patches
+    _symmetrize_(mm)
+    _symmetrize_(v)
+    v.diagonal().add_(1e-6 * torch.trace(v) / k_used)
     device = torch.device(device)
     if device.type == "cuda" or k_used > _SCIPY_MAX_ATOMS:
         v, mm = v.to(device), mm.to(device)
@@ -491,13 +493,24 @@ def solve_embedding(gram, context, n_patches, n_components, n_skip=1, device="cp
         vecs = torch.linalg.solve_triangular(chol.T, u, upper=True)
         evals, vecs = evals.cpu().numpy(), vecs.cpu().numpy()
     else:
-        mm_np, v_np = mm.numpy(), v.numpy()
+        # Symmetric, so the transposes are the same matrices, in the Fortran order LAPACK takes without a copy.
+        mm_np, v_np = mm.numpy().T, v.numpy().T
         del mm, v
         evals, vecs = scipy.linalg.eigh(mm_np, v_np, subset_by_index=[0, n_total - 1], driver="gvx",
                                         overwrite_a=True, overwrite_b=True, check_finite=False)
     full = np.zeros((n_total, k))
     full[:, used.cpu().numpy()] = _orient(vecs).T
     return full[n_skip:], evals[n_skip:], full[:n_skip]
+
+
+def _symmetrize_(a, block=1024):
+    """``a = (a + a^T) / 2`` in place, block by block (the same arithmetic as the whole-matrix form)."""
+    n = a.shape[0]
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            t = (a[i:i + block, j:j + block] + a[j:j + block, i:i + block].T) / 2
+            a[i:i + block, j:j + block] = t
+            a[j:j + block, i:i + block] = t.T
 
 
 def _orient(vecs):

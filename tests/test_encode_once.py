@@ -95,3 +95,25 @@ def test_fit_transform_returns_a_tensor_for_a_tensor(digits):
     z = small_smt().fit_transform(torch.as_tensor(X[:200], dtype=torch.float32))
     assert isinstance(z, torch.Tensor) and z.shape[0] == 200
 
+
+
+def test_dense_codes_are_coded_in_steps_within_the_memory_budget(digits, monkeypatch):
+    """A batch whose padded codes would pass the budget is coded in several steps: same model."""
+    import smt.image
+    X, _ = digits
+    params = dict(coding="threshold", threshold=0.1, context="image", batch_size=200)
+    reference = small_smt(**params).fit(X[:400])
+    widths = []
+    code = SMT._code
+
+    def recorded(self, patches, *args, **kwargs):
+        out = code(self, patches, *args, **kwargs)
+        widths.append((patches.shape[0], out[0].shape[-1]))
+        return out
+    monkeypatch.setattr(SMT, "_code", recorded)
+    monkeypatch.setattr(smt.image, "_CODE_BYTES", 200 * 36 * 24 * 4)  # 200 images of width 4
+    model = small_smt(**params).fit(X[:400])
+    assert max(n for n, _ in widths) < 200 and sum(n for n, _ in widths) == 400
+    assert all(n * 36 * w * 24 <= 2 * smt.image._CODE_BYTES for n, w in widths[1:])
+    np.testing.assert_array_equal(model.components_, reference.components_)
+    np.testing.assert_array_equal(model.transform(X[:50]), reference.transform(X[:50]))

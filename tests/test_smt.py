@@ -1,4 +1,6 @@
 """The SMT estimator as a user sees it: shapes, determinism, accuracy, sklearn integration, state."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -376,4 +378,7 @@ small_smt(**{params!r}).fit(np.load({str(tmp_path / "x.npy")!r}))
 def test_dense_threshold_codes_warn(digits):
     X, _ = digits
     with pytest.warns(UserWarning, match="codes are dense"):
-        small_smt(coding="threshold", threshold=0.0, context="image").fit(X[:200])
+        small_smt(n_atoms=400, coding="threshold", threshold=0.0, context="image", n_components=4).fit(X[:600])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a few active atoms of a small dictionary are not "dense"
+        small_smt(coding="threshold", threshold=0.4, context="image").fit(X[:200])
