@@ -67,6 +67,17 @@ def matmul_rate(device, n=4096, dtype=torch.float32):
     return 2 * n ** 3 / _timed(lambda: a @ b, device)
 
 
+def knn_gemm_rates(device, queries=1024, references=5000, dim=55296):
+    """FLOP/s of the kNN's similarity GEMM (a query batch against a reference chunk of CIFAR-sized
+    embeddings) in float32 and bfloat16."""
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(queries, dim, device=device, dtype=dtype)
+        r = torch.randn(references, dim, device=device, dtype=dtype)
+        rates[str(dtype).split(".")[-1]] = 2 * queries * references * dim / _timed(lambda: q @ r.T, device, repeat=2)
+    return rates
+
+
 def _codes_differ(a, b, k):
     """Fraction of (patch, atom) memberships that differ between two padded codes, over a's active ones."""
     def dense(idx):
@@ -205,6 +216,10 @@ def main(argv=None):
           f"{peak / 1e9:.1f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.1f} GFLOP/s, int8 "
           + (f"{peak_int8 / 1e9:.1f} GOP/s" if peak_int8 else "not offered"))
     model, rates = stage_table(x[:args.stage_images], args.stage_atoms, device, peak, peak_bf16)
+    knn = knn_gemm_rates(device)
+    print(f"kNN similarity GEMM (1024 queries x 5000 references x 55296): float32 {knn['float32'] / 1e9:.1f}, "
+          f"bfloat16 {knn['bfloat16'] / 1e9:.1f} GFLOP/s")
+    rates["knn_gemm"] = knn
     eigen_table(model, device)
     flagship = None
     if args.flagship_images:

@@ -278,8 +278,7 @@ class SMT(TransformerMixin, BaseEstimator):
                 parts = (self._embed_codes(atoms, counts, device).cpu()
                          for atoms, counts in self._progress(store, "embed (kept codes)", len(images)))
             else:
-                parts = (self._embed(to_batch(images[i:i + self.batch_size], device), device).cpu()
-                         for i in self._progress(range(0, len(images), self.batch_size), "embed", len(images)))
+                parts = self._embed_images(images, device)
             pending, held = [], 0
             for z in parts:
                 pending.append(z)
@@ -339,9 +338,7 @@ class SMT(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "components_")
         images = self._check_images(X, reset=False)
         device = resolve_device(self.device)
-        out = [self._embed(to_batch(images[i:i + self.batch_size], device), device).cpu()
-               for i in self._progress(range(0, len(images), self.batch_size), "embed", len(images))]
-        z = torch.cat(out)
+        z = torch.cat(list(self._embed_images(images, device)))
         if isinstance(X, torch.Tensor):
             return z.to(X.device)
         return z.numpy()
@@ -642,6 +639,8 @@ class SMT(TransformerMixin, BaseEstimator):
         idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
                                self.empty_code, self.code_norm, precision=self.precision)
         self._code_width = idx.shape[1]
+        if len(idx) == n * gh * gw:  # no constant patch: the codes are already on the grid
+            return idx.view(n, gh, gw, -1), (val.view(n, gh, gw, -1) if values else None)
         full_idx = idx.new_full((n * gh * gw, idx.shape[1]), -1)
         full_idx[keep] = idx
         if not values:
@@ -649,6 +648,11 @@ class SMT(TransformerMixin, BaseEstimator):
         full_val = val.new_zeros((n * gh * gw, val.shape[1]))
         full_val[keep] = val
         return full_idx.view(n, gh, gw, -1), full_val.view(n, gh, gw, -1)
+
+    def _embed_images(self, images, device):
+        """Embeddings of checked images, batch by batch (CPU tensors)."""
+        for i in self._progress(range(0, len(images), self.batch_size), "embed", len(images)):
+            yield self._embed(to_batch(images[i:i + self.batch_size], device), device).cpu()
 
     def _embed(self, batch, device):
         """Embeddings of a batch of images, (n, n_features_out_)."""

@@ -3,6 +3,12 @@
 Every statistic is a sum over images, so it streams (``partial_fit``), checkpoints as plain
 arrays and all-reduces across processes exactly. Sums are kept in float64; with binary codes
 every entry is an integer count, so accumulation is exact and its order does not matter.
+
+The pair sums (``A^T B`` of sparse code matrices) are nearly all of a fit's statistics work. On CPU
+they are counted by the compiled, cache-blocked kernel of :mod:`smt._pairs` when the codes are
+binary (times an integer row weight) and numba is installed, and by scipy's sparse product
+otherwise; on CUDA they are dense int8 GEMMs of blocks of code rows (exact in int32). All paths give
+the same sums (``tests/test_statistics.py``).
 """
 from concurrent.futures import ThreadPoolExecutor
 
