@@ -32,9 +32,11 @@ _MAX_PAIRS = 1 << 24
 # the OpenBLAS that scipy wheels bundle segfaults on it at 16384 atoms (benchmarks/RESULTS.md):
 # larger problems go through torch's LAPACK (Cholesky + full eigh), as on CUDA.
 _SCIPY_MAX_ATOMS = 8192
-# Threads for the CPU statistics product: each holds its own (K, K) sparse result (up to ~0.8 GB at
-# K 8192), so few; and a slice of fewer rows than this is not worth a thread.
+# Threads for the CPU statistics product (real-valued codes): each holds its own (K, K) sparse result
+# (up to 12 K^2 bytes, ~0.8 GB at K 8192), so at most 4 and no more than fit in _PRODUCT_BYTES;
+# and a slice of fewer rows than this is not worth a thread.
 _MAX_PRODUCT_THREADS = 4
+_PRODUCT_BYTES = 1 << 30
 _MIN_PRODUCT_ROWS = 4096
 # The compiled counts cost one pass over the (K, K) sum whatever the rows: below this many pairs
 # per entry of the sum, scipy's product is as fast.
@@ -184,7 +186,8 @@ def _add_sparse_product(outs, ia, va, ib, vb):
         b = a if same else _csr(ib[rows], vb[rows], k)
         return (a.T.tocsr() @ b).tocsr()
 
-    n_parts = min(torch.get_num_threads(), _MAX_PRODUCT_THREADS, max(1, n // _MIN_PRODUCT_ROWS))
+    n_parts = min(torch.get_num_threads(), _MAX_PRODUCT_THREADS, max(1, _PRODUCT_BYTES // (12 * k * k)),
+                  max(1, n // _MIN_PRODUCT_ROWS))
     bounds = np.linspace(0, n, n_parts + 1).astype(int)
     parts = [slice(i, j) for i, j in zip(bounds[:-1], bounds[1:])]
 
