@@ -114,7 +114,9 @@ def run(args, load, name, paper):
         z_test = model.transform(x_test)
     with meter.stage("embed train + kNN"):
         knn = StreamingKNN(z_test, k=args.k, temperature=args.temperature, device=args.device)
+        del z_test  # the kNN holds its own normalised copy
         knn.update(first, y_train[:chunk])
+        del first
         for i, z in enumerate(train_chunks, start=1):
             knn.update(z, y_train[i * chunk:(i + 1) * chunk])
         acc = knn.accuracy(y_test)

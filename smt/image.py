@@ -38,7 +38,7 @@ _DENSE_MIN_ATOMS = 100
 # A coding step's padded codes (indices, coefficients and their copies on the patch grid) stay
 # within about this many bytes: a batch of dense codes is coded in several steps, so memory does not
 # follow the width of the codes.
-_CODE_BYTES = 1 << 30
+_CODE_BYTES = 3 << 29  # 1.5 GiB: a batch of 256 CIFAR-10 images at K 8192 in one step
 # Algorithm 1 walks the front-end images in groups of about this many of its batches' worth of patches.
 _DICT_GROUP_BATCHES = 16
 
@@ -229,7 +229,7 @@ class SMT(TransformerMixin, BaseEstimator):
         """Fit and embed X, encoding every training patch once.
 
         The same result as ``fit(X).transform(X)`` at about half the encoding work: the fit keeps
-        the binary codes it computes for the statistics (compactly, in memory up to 1 GiB and in a
+        the binary codes it computes for the statistics (compactly, in memory up to 256 MiB and in a
         temporary file beyond) and embeds from them. Codes a resumed fit did not compute in this
         process are computed again.
 
@@ -242,7 +242,8 @@ class SMT(TransformerMixin, BaseEstimator):
         -------
         Z : ndarray or torch.Tensor of shape (n, n_features_out_), float32
         """
-        z = torch.cat(list(self._fit_embed(X, self.batch_size)))
+        chunks = list(self._fit_embed(X, max(len(X), 1)))  # one chunk, filled in place
+        z = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return z.to(X.device) if isinstance(X, torch.Tensor) else z.numpy()
 
     def fit_transform_chunks(self, X, chunk_size=5000):
@@ -274,21 +275,25 @@ class SMT(TransformerMixin, BaseEstimator):
             self._fit_stream(X, resumable=True, final=True, store=store)
             device = resolve_device(self.device)
             images = self._check_images(X, reset=False)
+            done = 0
             if store.n_images_ == len(images):
                 parts = (self._embed_codes(atoms, counts, device).cpu()
                          for atoms, counts in self._progress(store, "embed (kept codes)", len(images)))
             else:
                 parts = self._embed_images(images, device)
-            pending, held = [], 0
+            # Each chunk is filled in place: no concatenated copy beside the parts.
+            out, held = None, 0
             for z in parts:
-                pending.append(z)
-                held += len(z)
-                while held >= chunk_size:
-                    z = torch.cat(pending)
-                    yield z[:chunk_size]
-                    pending, held = [z[chunk_size:]], held - chunk_size
-            if held:
-                yield torch.cat(pending)
+                while len(z):
+                    if out is None:
+                        out, held = z.new_empty((min(chunk_size, len(images) - done), z.shape[1])), 0
+                    take = min(len(z), len(out) - held)
+                    out[held:held + take] = z[:take]
+                    held, z = held + take, z[take:]
+                    if held == len(out):
+                        done += held
+                        yield out
+                        out = None
         finally:
             store.close()
 
@@ -338,7 +343,11 @@ class SMT(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "components_")
         images = self._check_images(X, reset=False)
         device = resolve_device(self.device)
-        z = torch.cat(list(self._embed_images(images, device)))
+        z = None
+        for i, part in zip(range(0, len(images), self.batch_size), self._embed_images(images, device)):
+            if z is None:  # filled in place: no concatenated copy beside the parts
+                z = part.new_empty((len(images), part.shape[1]))
+            z[i:i + len(part)] = part
         if isinstance(X, torch.Tensor):
             return z.to(X.device)
         return z.numpy()
@@ -447,7 +456,7 @@ class SMT(TransformerMixin, BaseEstimator):
         tic = time.perf_counter()
         tally = np.zeros(3, dtype=np.int64)
         # A resumed pass computes only the codes after the checkpoint: keep none.
-        keep = store if sources == [images] and run["batch"] == 0 else None
+        keep = store if len(sources) == 1 and run["batch"] == 0 else None
         for i, source in enumerate(sources):
             if i:
                 run["batch"] = 0
