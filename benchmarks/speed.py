@@ -80,9 +80,12 @@ def knn_gemm_rates(device, queries=1024, references=5000, dim=55296):
 
 def _codes_differ(a, b, k):
     """Fraction of (patch, atom) memberships that differ between two padded codes, over a's active ones."""
-    def dense(idx):
-        return torch.zeros(len(idx), k + 1, dtype=torch.bool).scatter_(1, idx.where(idx >= 0, k).cpu(), True)[:, :k]
-    return float((dense(a) ^ dense(b)).sum()) / max(float((a >= 0).sum()), 1.0)
+    def keys(idx):
+        valid = idx >= 0
+        rows = torch.arange(len(idx), device=idx.device)[:, None].expand_as(idx)
+        return (rows[valid] * k + idx[valid]).cpu().numpy()
+    ka = keys(a)
+    return len(np.setxor1d(ka, keys(b), assume_unique=True)) / max(len(ka), 1)
 
 
 def stage_table(images, n_atoms, device, peak, peak_bf16=None):
