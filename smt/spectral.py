@@ -96,7 +96,7 @@ def _add_pair_counts(outs, ia, va, ib, vb):
     return True
 
 
-def _integer_rows(idx, val, n_atoms):
+def _integer_rows(idx, val):
     """(ind, ptr, row_value) of padded CPU codes for the compiled counts, or None where they do not
     apply: no numba, CUDA, a row whose coefficients differ or are not integers, a repeated atom."""
     if _pairs is None or idx.device.type != "cpu" or idx.shape[0] == 0:
@@ -321,7 +321,7 @@ class ContextStatistics:
         if b % n_views:
             raise ValueError(f"{b} images do not split into {n_views} views of equal count")
         if self.context == "image" and self.order == 1:
-            csr = _integer_rows(indices.reshape(-1, m), values.reshape(-1, m), self.n_atoms)
+            csr = _integer_rows(indices.reshape(-1, m), values.reshape(-1, m))
             if csr is not None:
                 self._add_whole_image_counts(csr, nonempty, n_views)
                 return self
