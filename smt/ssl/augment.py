@@ -1,11 +1,26 @@
 """Two-view augmentations on batched image tensors, on the device (plain torch).
 
-The recipe is solo-learn's CIFAR one (as in its SimCLR / VICReg / BYOL
-configs): random resized crop (scale 0.08-1, aspect 3/4-4/3) back to 32x32,
-colour jitter with probability 0.8 (brightness 0.4, contrast 0.4,
-saturation 0.2, hue 0.1), grayscale with probability 0.2, solarization
-(asymmetric: 0.0 on the first view, 0.2 on the second), horizontal flip 0.5,
-then normalisation by the CIFAR-10 channel statistics.
+Every recipe is random resized crop (aspect 3/4-4/3) back to 32x32, colour
+jitter, grayscale, optional Gaussian blur and solarisation, horizontal flip
+0.5, then normalisation by the CIFAR-10 channel statistics.  The per-method
+recipes of solo-learn's CIFAR configs are in :data:`RECIPES`:
+
+* ``"asymmetric"`` (the default of :class:`TwoViewAugment`): solo-learn's
+  ``augmentations/asymmetric.yaml``, used there for BYOL, Barlow Twins, DINO,
+  MoCo-v3 and NNCLR: crop scale 0.08-1, jitter 0.4/0.4/0.2/0.1 at p 0.8,
+  grayscale 0.2, solarisation 0.0 / 0.2 (per view), no blur;
+* ``"simclr"``: ``symmetric.yaml`` (SimCLR): jitter 0.8/0.8/0.8/0.2 at p 0.8,
+  grayscale 0.2, Gaussian blur p 0.5 (as ``ssl-part2.md`` A2 reads it), no
+  solarisation;
+* ``"vicreg"``: solo-learn's inline VICReg recipe: crop scale 0.2-1, jitter
+  0.4/0.4/0.2/0.1, grayscale 0.2, solarisation 0.1 on both views;
+* ``"carp"``: CARP's two global crops (DINO's): crop scale 0.2-1, jitter
+  0.4/0.4/0.2/0.1, grayscale 0.2, blur 1.0 / 0.1, solarisation 0.0 / 0.2;
+* ``"manifoldclr"``: ManifoldCLR's CIFAR config: crop scale 0.2-1, jitter
+  0.4/0.4/0.4/0.1 at p 0.8, grayscale 0.1.
+
+Each :class:`~smt.ssl.base.SSLMethod` names its recipe (``augment_recipe``);
+``Trainer(augment=...)`` or ``--augment`` overrides it.
 
 Differences from torchvision, for speed on whole batches:
 
@@ -28,8 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TwoViewAugment", "random_resized_crop", "color_jitter", "grayscale", "solarize",
-           "normalize", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = ["TwoViewAugment", "RECIPES", "recipe", "random_resized_crop", "color_jitter", "grayscale",
+           "gaussian_blur", "solarize", "normalize", "CIFAR_MEAN", "CIFAR_STD"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -94,6 +109,37 @@ def solarize(x: torch.Tensor, prob: float, threshold: float = 0.5,
     return torch.where(apply & (x >= threshold), 1.0 - x, x)
 
 
+def gaussian_blur(x: torch.Tensor, prob: float, sigma=(0.1, 2.0), gen: torch.Generator | None = None) -> torch.Tensor:
+    """Blur each image with a Gaussian of random width, with probability ``prob``.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, C, H, W)
+    prob : float
+    sigma : (float, float), default (0.1, 2.0)
+        Range of the standard deviation (pixels) drawn per image.  solo-learn
+        applies PIL's blur with this range in pixels of whatever image it
+        gets, so on 32-px CIFAR images it is strong; kept as it is.
+    gen : torch.Generator, optional
+
+    Returns
+    -------
+    torch.Tensor, same shape.
+    """
+    b, c, h, w = x.shape
+    s = _rand(b, gen, x.device, *sigma)
+    apply = (_rand(b, gen, x.device) < prob).view(-1, 1, 1, 1)
+    radius = min(max(1, math.ceil(3 * sigma[1])), min(h, w) - 1)   # reflect padding needs radius < side
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None] / s[:, None].to(x.dtype)) ** 2)
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)          # (B*C, 2r+1)
+    # separable, one kernel per image: grouped convolutions over the B*C channels
+    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k[:, None, None, :], groups=b * c)
+    y = F.conv2d(y, k[:, None, :, None], groups=b * c).view(b, c, h, w)
+    return torch.where(apply, y, x)
+
+
 def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
                  prob: float = 0.8, gen: torch.Generator | None = None) -> torch.Tensor:
     """Random brightness, contrast, saturation and hue of each image (with probability ``prob``).
@@ -150,7 +196,7 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TwoViewAugment:
-    """Draw two augmented views of a batch (solo-learn's CIFAR recipe).
+    """Draw two augmented views of a batch (default: solo-learn's asymmetric CIFAR recipe).
 
     Parameters
     ----------
@@ -161,7 +207,11 @@ class TwoViewAugment:
     gray_prob : float, default 0.2
     solarize_prob : (float, float), default (0.0, 0.2)
         Per view.
+    blur_prob : (float, float), default (0.0, 0.0)
+        Per view (:func:`gaussian_blur`).
     flip_prob : float, default 0.5
+    name : str, default "asymmetric"
+        The recipe's name, for the records of a run.
 
     Notes
     -----
@@ -178,17 +228,41 @@ class TwoViewAugment:
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
     solarize_prob: tuple = (0.0, 0.2)
+    blur_prob: tuple = (0.0, 0.0)
     flip_prob: float = 0.5
+    name: str = "asymmetric"
 
-    def view(self, x: torch.Tensor, solarize_prob: float, gen: torch.Generator | None) -> torch.Tensor:
+    def view(self, x: torch.Tensor, solarize_prob: float, gen: torch.Generator | None,
+             blur_prob: float = 0.0) -> torch.Tensor:
         """One augmented view of ``x`` (float in [0, 1]), normalised."""
         y = random_resized_crop(x, self.size, (self.min_scale, 1.0), flip_prob=self.flip_prob, gen=gen)
         y = color_jitter(y.clamp(0, 1), self.brightness, self.contrast, self.saturation, self.hue,
                          self.jitter_prob, gen)
         y = grayscale(y, self.gray_prob, gen)
+        if blur_prob > 0:  # no draws without blur: the part-1 recipe's random stream is unchanged
+            y = gaussian_blur(y, blur_prob, gen=gen)
         y = solarize(y, solarize_prob, gen=gen)
         return normalize(y)
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator | None = None):
         x = to_float(images)
-        return self.view(x, self.solarize_prob[0], gen), self.view(x, self.solarize_prob[1], gen)
+        return (self.view(x, self.solarize_prob[0], gen, self.blur_prob[0]),
+                self.view(x, self.solarize_prob[1], gen, self.blur_prob[1]))
+
+
+RECIPES = {
+    "asymmetric": TwoViewAugment(),
+    "simclr": TwoViewAugment(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, solarize_prob=(0.0, 0.0),
+                             blur_prob=(0.5, 0.5), name="simclr"),
+    "vicreg": TwoViewAugment(min_scale=0.2, solarize_prob=(0.1, 0.1), name="vicreg"),
+    "carp": TwoViewAugment(min_scale=0.2, blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2), name="carp"),
+    "manifoldclr": TwoViewAugment(min_scale=0.2, saturation=0.4, gray_prob=0.1, solarize_prob=(0.0, 0.0),
+                                  name="manifoldclr"),
+}
+
+
+def recipe(name: str) -> TwoViewAugment:
+    """The two-view augmentation named ``name`` (a key of :data:`RECIPES`)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown augmentation recipe {name!r}; choose from {sorted(RECIPES)}")
+    return RECIPES[name]

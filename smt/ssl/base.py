@@ -12,6 +12,7 @@ epoch with exact resume, a time budget (wall-clock or CPU time), the SMT paper's
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -25,11 +26,11 @@ from tqdm.auto import tqdm
 from smt._device import resolve_device
 from smt.knn import StreamingKNN
 
-from .augment import TwoViewAugment, normalize, to_float
-from .optim import LARS, param_groups, warmup_cosine
+from .augment import normalize, recipe, to_float
+from .optim import LARS, clip_group_gradients, lars_eta, param_groups, warmup_cosine
 from .sampler import ClassBatchSampler
 
-__all__ = ["SSLMethod", "TrainConfig", "Trainer", "mlp", "embed"]
+__all__ = ["SSLMethod", "TrainConfig", "Trainer", "mlp", "embed", "ema_update", "cosine_momentum"]
 
 
 def mlp(dims: list[int], last_bn: bool = False) -> nn.Sequential:
@@ -48,12 +49,31 @@ def mlp(dims: list[int], last_bn: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """``target <- momentum * target + (1 - momentum) * online`` on parameters; buffers are copied."""
+    for p, q in zip(online.parameters(), target.parameters()):
+        q.mul_(momentum).add_(p.detach(), alpha=1 - momentum)
+    for b, c in zip(online.buffers(), target.buffers()):
+        c.copy_(b)
+
+
+def cosine_momentum(progress: float, start: float, end: float = 1.0) -> float:
+    """EMA momentum raised from ``start`` to ``end`` along a half cosine of ``progress`` in [0, 1]."""
+    return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
+
+
 class SSLMethod(nn.Module):
     """Base of a self-supervised method.
 
     Subclasses set the class attribute ``hparams`` (the paper's optimiser
     settings: ``optimizer`` "lars" or "adamw", ``lr`` for batch 256,
-    ``weight_decay``, ``warmup_epochs``) and implement :meth:`training_loss`.
+    ``weight_decay``, ``warmup_epochs``; optionally ``clip_grad``, a gradient
+    norm clip applied to every group without its own, and ``lars_mode``, see
+    :func:`~smt.ssl.optim.lars_eta`), the class attribute ``augment_recipe``
+    (a key of :data:`smt.ssl.augment.RECIPES`) and implement
+    :meth:`training_loss`; :meth:`param_groups` may give groups their own
+    ``lr_scale`` (a multiple of the scheduled rate) and ``clip_grad``.
 
     Parameters
     ----------
@@ -63,10 +83,15 @@ class SSLMethod(nn.Module):
 
     name = "base"
     hparams: dict = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-4, "warmup_epochs": 10}
+    augment_recipe = "asymmetric"
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimiser groups (default: :func:`~smt.ssl.optim.param_groups` of all trainable parameters)."""
+        return param_groups(self, weight_decay)
 
     def training_loss(self, x1: torch.Tensor, x2: torch.Tensor,
                       gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
@@ -120,6 +145,12 @@ class TrainConfig:
         File written after every epoch; a run resumes from it when it exists.
     progress : bool, default True
         tqdm bars.
+    lars_mode : {"scaled", "clipped", "unscaled"}, optional
+        LARS variant (:func:`~smt.ssl.optim.lars_eta`); default the method's
+        ``hparams`` or ``"scaled"``.
+    augment : str, optional
+        Augmentation recipe (a key of :data:`~smt.ssl.augment.RECIPES`);
+        default the method's ``augment_recipe``.
     """
 
     epochs: int = 1
@@ -139,6 +170,8 @@ class TrainConfig:
     clock: str = "wall"
     checkpoint: str | None = None
     progress: bool = True
+    lars_mode: str | None = None
+    augment: str | None = None
 
 
 def _as_uint8_nchw(images, device) -> torch.Tensor:
@@ -169,33 +202,39 @@ class Trainer:
         Built by the caller (seed torch first for a reproducible init).
     config : TrainConfig
     augment : callable, optional
-        ``augment(images, gen) -> (view1, view2)``; default
-        :class:`~smt.ssl.augment.TwoViewAugment`.
+        ``augment(images, gen) -> (view1, view2)``; default the recipe named by
+        ``config.augment``, else by the method's ``augment_recipe``.
 
     Attributes
     ----------
     history : list of dict
         One row per evaluation: epoch, step, train_seconds, loss, top1, top5.
+    step_losses : list of float
+        The training loss of every step.
     """
 
     def __init__(self, method: SSLMethod, config: TrainConfig, augment=None) -> None:
         self.cfg = config
         self.device = resolve_device(config.device)
         self.method = method.to(self.device)
-        self.augment = augment or TwoViewAugment()
+        self.augment = augment or recipe(config.augment or method.augment_recipe)
         hp = {**method.hparams, **{k: v for k, v in dataclasses.asdict(config).items()
-                                   if k in ("lr", "weight_decay", "optimizer", "warmup_epochs") and v is not None}}
+                                   if k in ("lr", "weight_decay", "optimizer", "warmup_epochs", "lars_mode")
+                                   and v is not None}}
         self.hp = hp
         self.base_lr = hp["lr"] * config.batch_size / 256  # linear scaling rule, as solo-learn
-        groups = param_groups(method, hp["weight_decay"])
+        groups = method.param_groups(hp["weight_decay"])
         if hp["optimizer"] == "lars":
-            self.opt = LARS(groups, lr=self.base_lr, clip_lr=hp.get("lars_clip", False))
+            eta, clip = lars_eta(hp.get("lars_mode", "scaled"), hp.get("lars_eta", 0.02), self.base_lr)
+            self.opt = LARS(groups, lr=self.base_lr, eta=eta, clip_lr=clip)
         elif hp["optimizer"] == "adamw":
             self.opt = torch.optim.AdamW(groups, lr=self.base_lr)
         else:
             raise ValueError(f"unknown optimizer {hp['optimizer']!r}")
         self.epoch, self.step, self.train_seconds, self.finished = 0, 0, 0.0, False
+        self._warm = False  # the warmup's end has cleared the clipped LARS momentum
         self.history: list[dict] = []
+        self.step_losses: list[float] = []   # the loss of every step (the curves of ssl-part2.md A1)
         self.gen = torch.Generator(device=self.device)
         if config.clock not in ("wall", "process"):
             raise ValueError(f"clock must be 'wall' or 'process', got {config.clock!r}")
@@ -205,7 +244,8 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"method": self.method.state_dict(), "optimizer": self.opt.state_dict(),
                 "epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
-                "finished": self.finished, "history": self.history, "config": dataclasses.asdict(self.cfg)}
+                "finished": self.finished, "history": self.history, "config": dataclasses.asdict(self.cfg),
+                "warm": self._warm, "step_losses": self.step_losses}
 
     def load_state_dict(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])
@@ -213,6 +253,8 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self.finished = state["train_seconds"], state["finished"]
         self.history = state["history"]
+        self._warm = state.get("warm", False)
+        self.step_losses = state.get("step_losses", [])
 
     def save(self, path: str) -> None:
         tmp = f"{path}.tmp"
@@ -228,12 +270,21 @@ class Trainer:
             return self.train_seconds / (60 * self.cfg.budget_minutes)
         return self.step / max(self.cfg.epochs * steps_per_epoch, 1)
 
-    def _set_lr(self, progress: float) -> None:
+    def _warmup(self) -> float:
         # 10 of 1000 epochs in the papers; short runs warm up for at most the first 10 %
-        warmup = min(self.hp["warmup_epochs"] / max(self.cfg.epochs, 1), 0.1)
-        lr = warmup_cosine(progress, warmup, self.base_lr)
+        return min(self.hp["warmup_epochs"] / max(self.cfg.epochs, 1), 0.1)
+
+    def _set_lr(self, progress: float) -> None:
+        lr = warmup_cosine(progress, self._warmup(), self.base_lr)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        if (isinstance(self.opt, LARS) and self.opt.defaults["clip_lr"] and progress >= self._warmup()
+                and not self._warm):
+            # clipped LARS: the raw gradients that filled the momentum at the tiny rates of the warmup
+            # would be applied at the peak rate (VICReg: NaN at step 7); start the momentum afresh
+            self._warm = True
+            for state in self.opt.state.values():
+                state.pop("momentum_buffer", None)
 
     def _batches(self, labels: np.ndarray | None, n: int, epoch: int) -> list[np.ndarray]:
         if self.cfg.classes_per_batch:
@@ -310,6 +361,7 @@ class Trainer:
                     loss, logs = self.method.training_loss(v1, v2, self.gen)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                clip_group_gradients(self.opt, self.hp.get("clip_grad"))
                 self.opt.step()
                 self.step += 1
                 self.method.after_step(min(self._progress(len(batches)), 1.0))
@@ -317,6 +369,7 @@ class Trainer:
                     torch.cuda.synchronize()
                 self.train_seconds += self._clock() - tic
                 last_loss = float(loss.detach())
+                self.step_losses.append(last_loss)
                 if not np.isfinite(last_loss):
                     raise FloatingPointError(f"{self.method.name}: loss became {last_loss} at step {self.step}")
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.3g}")

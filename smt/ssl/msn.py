@@ -20,12 +20,36 @@ What is scaled down from the papers (ViT-S/16 ... ViT-L/7 on ImageNet):
   target view;
 * masking: random patch dropping only (ratio 0.3), no focal masking;
 * prototypes: 1024 by default (the papers: 1024);
-* no Sinkhorn normalisation of the targets (the MSN code can enable it; it
-  imposes a uniform prior of its own, which PMSN is meant to replace);
+* no Sinkhorn normalisation of the targets (MSN's released ViT-S/16 config
+  enables it, ``use_sinkhorn: true``; it imposes a uniform prior of its own,
+  which PMSN is meant to replace);
 * kNN features: the online encoder's [CLS] token (the papers: the EMA
   target encoder; see the comment on ``features``);
 * optimiser: AdamW lr 1e-3 (batch 256 scaled), weight decay 0.04 fixed (the
   paper ramps it to 0.4), 10 warmup epochs, EMA momentum 0.996 -> 1.
+
+Further differences from facebookresearch/msn, none of them measured
+(``ssl-part2.md`` A9-A13, A17):
+
+* projector: 2 layers, Linear-BN-ReLU-Linear (2048 -> 256), the project's
+  shared :func:`~smt.ssl.base.mlp`; msn's ``init_model`` has 3,
+  fc-BN-GELU-fc-BN-GELU-fc (hidden 2048, out 256);
+* the prototypes are in the decayed AdamW group (weight decay 0.04); msn puts
+  them in a group of their own without weight decay.  Over long runs decay
+  shrinks their norm, and so raises their effective step; negligible at
+  CPU budgets;
+* the EMA momentum rises along a half *cosine* from 0.996 to 1 over the run
+  (:func:`~smt.ssl.base.cosine_momentum`); msn raises it *linearly* from
+  0.996 over 1.25x the total steps, ending near 0.9992;
+* no gradient clipping by default (msn: ``clip_grad: 3.0``); pass
+  ``hparams={"clip_grad": 3.0, ...}`` in a subclass to clip as msn does;
+* the prototype logits are computed in float32 with autocast off (msn:
+  fp32 throughout): sharpening at an effective T 0.025 turns bf16 rounding
+  of the cosines (~0.004) into up to ~0.16 nats in the targets;
+* PMSN's regulariser is ``KL(p_bar || prior)``; lightly's ``PMSNLoss``
+  computes ``KL(prior || p_bar)``.  Both vanish at ``p_bar = prior``; with a
+  uniform prior this direction is exactly MSN's me-max, while the reverse
+  one penalises idle prototypes far harder.
 """
 from __future__ import annotations
 
@@ -36,7 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import SSLMethod, mlp
+from .base import SSLMethod, cosine_momentum, ema_update, mlp
 
 __all__ = ["MSN", "PMSN", "power_law_prior", "mean_entropy", "prior_kl", "sharpen", "msn_loss"]
 
@@ -125,7 +149,9 @@ class MSN(SSLMethod):
         self.anchor_t, self.sharpen_t = anchor_temperature, target_temperature / anchor_temperature
 
     def _logits(self, z: torch.Tensor) -> torch.Tensor:
-        return F.normalize(z, dim=1) @ F.normalize(self.prototypes, dim=1).T / self.anchor_t
+        # float32, autocast off: the target sharpening (T 0.025) amplifies bf16 rounding of the cosines
+        with torch.autocast(z.device.type, enabled=False):
+            return F.normalize(z.float(), dim=1) @ F.normalize(self.prototypes.float(), dim=1).T / self.anchor_t
 
     def training_loss(self, x1, x2, gen=None):
         x = torch.cat([x1, x2])
@@ -140,12 +166,9 @@ class MSN(SSLMethod):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        m = self.ema[1] - (self.ema[1] - self.ema[0]) * (math.cos(math.pi * progress) + 1) / 2
-        for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
-            for p, q in zip(online.parameters(), target.parameters()):
-                q.mul_(m).add_(p.detach(), alpha=1 - m)
-            for b, c in zip(online.buffers(), target.buffers()):
-                c.copy_(b)
+        m = cosine_momentum(progress, *self.ema)
+        ema_update(self.backbone, self.target_backbone, m)
+        ema_update(self.projector, self.target_projector, m)
 
     # features(): the online backbone's [CLS] feature (SSLMethod's default).  The papers evaluate the
     # EMA target encoder, which after 1000s of steps is the same network; at the short budgets of

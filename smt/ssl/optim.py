@@ -5,7 +5,31 @@ import math
 
 import torch
 
-__all__ = ["LARS", "warmup_cosine", "param_groups"]
+__all__ = ["LARS", "LARS_MODES", "lars_eta", "warmup_cosine", "param_groups", "clip_group_gradients"]
+
+LARS_MODES = ("scaled", "clipped", "unscaled")
+
+
+def lars_eta(mode: str, eta: float, peak_lr: float) -> tuple[float, bool]:
+    """``(eta, clip_lr)`` for the LARS variant ``mode`` (see :class:`LARS`).
+
+    * ``"scaled"`` (default): unclipped, ``eta / peak_lr``, so that at the
+      schedule's peak the step equals solo-learn's clipped step wherever its
+      clip is inactive, and it follows the schedule elsewhere (no raw
+      gradients in the momentum during the warmup);
+    * ``"clipped"``: solo-learn's ``clip_lr`` form with ``eta`` (the
+      :class:`~smt.ssl.base.Trainer` clears the momentum when the warmup ends);
+    * ``"unscaled"``: unclipped with ``eta`` itself, the form of part 1
+      (about ``peak_lr`` times solo-learn's step: 0.4x for SimCLR, 0.3x for
+      VICReg).
+    """
+    if mode == "scaled":
+        return eta / peak_lr, False
+    if mode == "clipped":
+        return eta, True
+    if mode == "unscaled":
+        return eta, False
+    raise ValueError(f"lars_mode must be one of {LARS_MODES}, got {mode!r}")
 
 
 class LARS(torch.optim.Optimizer):
@@ -23,6 +47,15 @@ class LARS(torch.optim.Optimizer):
     they decay away; over the ~10-step warmups of this project's CPU budgets
     VICReg diverged (NaN at step 7), while the unclipped form trained stably.  Groups with ``lars=False`` (biases and norm
     layers, as in solo-learn's ``exclude_bias_n_norm_lars``) are plain SGD.
+
+    The two forms need different ``eta`` for the same step (``ssl-part2.md``
+    A1): where the clip is inactive (``eta ||w|| / ||g|| < lr``, true at
+    initialisation for nearly every tensor of the ResNets here) the clipped
+    step is ``eta ||w|| / ||g|| * g`` and the unclipped one ``lr`` times that.
+    solo-learn's ``eta = 0.02`` was tuned for the clipped form, so the
+    :class:`~smt.ssl.base.Trainer` passes ``eta / peak_lr`` to the unclipped
+    form (``lars_mode="scaled"``): the same step at the peak, scaled by the
+    schedule elsewhere.  :func:`lars_eta` gives the value per mode.
 
     Parameters
     ----------
@@ -72,14 +105,33 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and biases / norm parameters (neither)."""
+def param_groups(model: torch.nn.Module | list, weight_decay: float, **extra) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and biases / norm parameters (neither).
+
+    ``model`` may also be a list of parameters; ``extra`` keys (``lr_scale``,
+    ``clip_grad``: read by the :class:`~smt.ssl.base.Trainer`) go into both groups.
+    """
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in (model.parameters() if isinstance(model, torch.nn.Module) else model):
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0, "lars": False}]
+    return [{"params": decay, "weight_decay": weight_decay, **extra},
+            {"params": no_decay, "weight_decay": 0.0, "lars": False, **extra}]
+
+
+def clip_group_gradients(optimizer: torch.optim.Optimizer, default: float | None = None) -> None:
+    """Clip the gradient norm of each group's parameters to its ``clip_grad`` (else ``default``).
+
+    Groups that share a ``clip_grad`` value and a ``clip_id`` are clipped as one
+    (ManifoldCLR's per-module clips); ``None`` or 0: no clipping.
+    """
+    joint: dict = {}
+    for g in optimizer.param_groups:
+        c = g.get("clip_grad", default)
+        if c:
+            joint.setdefault((g.get("clip_id"), c), []).extend(p for p in g["params"] if p.grad is not None)
+    for (_, c), params in joint.items():
+        torch.nn.utils.clip_grad_norm_(params, c)
 
 
 def warmup_cosine(progress: float, warmup: float, base_lr: float, final_lr: float = 0.0,

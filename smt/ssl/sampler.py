@@ -30,6 +30,13 @@ class ClassBatchSampler:
     completed with one re-drawn sample of each missing class, so that it
     still holds exactly ``K`` classes; these repeats are the only ones.
 
+    Small tails: with ``K = 1`` the last batch of a class holds what is left
+    of it, which may be a single image (``BatchNorm1d`` then raises in
+    training; 2-3 images make VICReg's variance and covariance degenerate).
+    A batch smaller than ``min_batch_size`` is merged into the last earlier
+    batch with the same classes (which then exceeds ``batch_size`` by less
+    than ``min_batch_size``), or dropped for this epoch when there is none.
+
     Parameters
     ----------
     labels : array-like of int, shape (n,)
@@ -40,6 +47,8 @@ class ClassBatchSampler:
     seed : int, default 0
         The order of epoch ``e`` depends only on ``(seed, e)``: resuming at
         an epoch replays it exactly.
+    min_batch_size : int, optional
+        Default ``min(32, max(2, batch_size // 2))``.
 
     Examples
     --------
@@ -48,7 +57,8 @@ class ClassBatchSampler:
     True
     """
 
-    def __init__(self, labels, batch_size: int, classes_per_batch: int, seed: int = 0) -> None:
+    def __init__(self, labels, batch_size: int, classes_per_batch: int, seed: int = 0,
+                 min_batch_size: int | None = None) -> None:
         self.labels = np.asarray(labels).astype(np.int64)
         self.classes = np.unique(self.labels)
         if not 1 <= classes_per_batch <= min(len(self.classes), batch_size):
@@ -56,6 +66,8 @@ class ClassBatchSampler:
                              f"batch_size={batch_size})], got {classes_per_batch}")
         self.batch_size, self.k, self.seed = int(batch_size), int(classes_per_batch), int(seed)
         self.by_class = [np.flatnonzero(self.labels == c) for c in self.classes]
+        self.min_batch_size = (min(32, max(2, self.batch_size // 2)) if min_batch_size is None
+                               else int(min_batch_size))
 
     def __len__(self) -> int:  # approximate: the end of an epoch may need a few more batches
         return -(-len(self.labels) // self.batch_size)
@@ -84,6 +96,20 @@ class ClassBatchSampler:
                 del pools[c][:t]
                 left[c] -= t
             out.append(np.concatenate([np.array(batch, dtype=np.int64), extra]))
+        return self._merge_small(out)
+
+    def _merge_small(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Merge each batch below ``min_batch_size`` into the last earlier one with its classes, else drop it."""
+        out: list[np.ndarray] = []
+        for b in batches:
+            if len(b) >= self.min_batch_size:
+                out.append(b)
+                continue
+            classes = set(self.labels[b].tolist())
+            for j in range(len(out) - 1, -1, -1):
+                if set(self.labels[out[j]].tolist()) == classes:
+                    out[j] = np.concatenate([out[j], b])
+                    break
         return out
 
     def __iter__(self):

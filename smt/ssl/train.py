@@ -20,7 +20,9 @@ import torch
 from smt.datasets import load_cifar10, load_cifar100
 
 from . import METHODS, build_method
+from .augment import RECIPES
 from .base import TrainConfig, Trainer
+from .optim import LARS_MODES
 from .sampler import long_tailed_indices
 
 
@@ -66,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--long-tail-exponent", type=float, default=1.0)
     ap.add_argument("--classes-per-batch", type=int, default=None, help="K of the class batch sampler")
     ap.add_argument("--proj-hidden", type=int, default=None)
+    ap.add_argument("--lars-mode", choices=list(LARS_MODES), default=None,
+                    help="LARS variant (default: scaled, the same step as solo-learn's clipped LARS at the peak)")
+    ap.add_argument("--augment", choices=sorted(RECIPES), default=None,
+                    help="augmentation recipe (default: the method's own)")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--no-progress", action="store_true")
@@ -98,7 +104,7 @@ def run(args) -> dict:
                       warmup_epochs=args.warmup_epochs, budget_minutes=args.budget_minutes,
                       classes_per_batch=args.classes_per_batch, eval_every=args.eval_every, seed=args.seed,
                       device=args.device, clock=args.clock, checkpoint=args.checkpoint,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, lars_mode=args.lars_mode, augment=args.augment)
     tic, cpu_tic = time.perf_counter(), time.process_time()
     trainer = Trainer(method, cfg)
     history = trainer.fit(x, y, xt, yt)
@@ -110,9 +116,12 @@ def run(args) -> dict:
            "wall_seconds": time.perf_counter() - tic, "cpu_seconds": time.process_time() - cpu_tic,
            "clock": args.clock, "train_seconds": trainer.train_seconds,
            "epochs_done": trainer.epoch, "steps": trainer.step, "top1": final.get("top1"),
-           "top5": final.get("top5"), "history": history}
+           "top5": final.get("top5"), "history": history, "augment": getattr(trainer.augment, "name", None),
+           "optimizer": trainer.hp["optimizer"],
+           "lars_mode": trainer.hp.get("lars_mode", "scaled") if trainer.hp["optimizer"] == "lars" else None,
+           "step_losses": trainer.step_losses}
     print(f"{args.method}: {trainer.epoch} epochs, {trainer.step} steps, {trainer.train_seconds:.0f} s training "
-          f"({args.clock} clock), kNN top-1 {row['top1']:.2f} top-5 {row['top5']:.2f} (train {len(x)}, test {len(xt)})")
+          f"({args.clock} clock, augment {row['augment']}), kNN top-1 {row['top1']:.2f} top-5 {row['top5']:.2f} (train {len(x)}, test {len(xt)})")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -2,7 +2,16 @@
 
 Hyper-parameters of the SMT paper's appendix (CIFAR, ResNet-18): batch 256,
 LARS, lr 0.3, weight decay 1e-4, 10 warmup epochs then cosine, projector
-2048-2048, loss weights invariance 25, variance 25, covariance 1.
+2048-2048, loss weights invariance 25, variance 25, covariance 1;
+augmentations: solo-learn's VICReg recipe (``"vicreg"`` in
+:data:`smt.ssl.augment.RECIPES`: crop scale 0.2-1, solarisation 0.1 on both
+views).
+
+Both views go through the network in one concatenated batch, so BatchNorm
+statistics are pooled over the two views; solo-learn and the official VICReg
+run one forward pass per view (``ssl-part2.md`` A5; not measured).  The
+variance term adds the two views' hinges as solo-learn does (the official
+code averages them).
 """
 from __future__ import annotations
 
@@ -76,6 +85,7 @@ class VICReg(SSLMethod):
 
     name = "vicreg"
     hparams = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-4, "warmup_epochs": 10}
+    augment_recipe = "vicreg"
 
     def __init__(self, backbone, proj_hidden: int = 2048, proj_out: int = 2048, sim_weight: float = 25.0,
                  var_weight: float = 25.0, cov_weight: float = 1.0):
