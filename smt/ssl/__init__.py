@@ -22,15 +22,16 @@ package never imports this one.  Run ``python -m smt.ssl.train --help``.
 from .backbones import ResNet18, ViT, vit_tiny
 from .base import SSLMethod, TrainConfig, Trainer
 from .carp import CARP
+from .manifoldclr import ManifoldCLR
 from .msn import MSN, PMSN
 from .sampler import ClassBatchSampler, long_tailed_indices
 from .simclr import SimCLR, SimCLRAdamW
 from .vicreg import VICReg
 
 METHODS = {"simclr": SimCLR, "vicreg": VICReg, "msn": MSN, "pmsn": PMSN, "carp": CARP,
-           "simclr_adamw": SimCLRAdamW}
+           "simclr_adamw": SimCLRAdamW, "manifoldclr": ManifoldCLR}
 
-__all__ = ["METHODS", "SimCLR", "SimCLRAdamW", "VICReg", "MSN", "PMSN", "CARP", "ResNet18", "ViT",
+__all__ = ["METHODS", "SimCLR", "SimCLRAdamW", "VICReg", "MSN", "PMSN", "CARP", "ManifoldCLR", "ResNet18", "ViT",
            "vit_tiny", "SSLMethod", "TrainConfig", "Trainer", "ClassBatchSampler", "long_tailed_indices",
            "build_method"]
 
