@@ -1,7 +1,87 @@
-"""Checks of image input at the public boundary, with errors that name the problem."""
+"""Checks at the public boundary, with errors that name the problem: parameters (scikit-learn's
+constraint objects, one helper for every estimator and loader) and image input."""
+import os
+from numbers import Integral, Real
+
 import numpy as np
 import scipy.sparse
 import torch
+from sklearn.utils._param_validation import (  # what PCA and KMeans declare their parameters with
+    Interval, InvalidParameterError, Options, StrOptions, _Constraint, make_constraint)
+
+__all__ = ["Interval", "Options", "StrOptions", "Integral", "Real", "InvalidParameterError", "DEVICE", "PATH",
+           "StrSequence", "check_params", "check_param", "as_images", "to_batch"]
+
+
+class _Device(_Constraint):
+    """A device torch understands: "auto", None, a ``torch.device`` or a string such as "cuda:0"."""
+
+    def is_satisfied_by(self, val):
+        if val is None or val == "auto" or isinstance(val, torch.device):
+            return True
+        if not isinstance(val, str):
+            return False
+        try:
+            torch.device(val)
+        except (RuntimeError, ValueError):
+            return False
+        return True
+
+    def __str__(self):
+        return "'auto', None, a torch.device or a device string such as 'cpu' or 'cuda:0'"
+
+
+class StrSequence(_Constraint):
+    """A str or a list/tuple of str."""
+
+    def is_satisfied_by(self, val):
+        return isinstance(val, str) or (isinstance(val, (list, tuple)) and all(isinstance(v, str) for v in val))
+
+    def __str__(self):
+        return "a str or a list/tuple of str"
+
+
+#: Constraint lists shared by several callers.
+DEVICE = [_Device()]
+PATH = [str, os.PathLike, None]
+
+
+def check_params(params, constraints, caller):
+    """Validate parameters against scikit-learn constraint lists.
+
+    Parameters
+    ----------
+    params : dict
+        Name -> value; every name must have an entry in ``constraints``.
+    constraints : dict
+        Name -> list of constraints, as in scikit-learn's ``_parameter_constraints`` (types,
+        ``Interval``, ``StrOptions``, ``Options``, ``"boolean"``, ``"random_state"``, ``None``, ...).
+    caller : str
+        Named in the error, e.g. ``"SMT"``.
+
+    Raises
+    ------
+    InvalidParameterError
+        (a ``ValueError`` and a ``TypeError``) for the first parameter that meets none of its
+        constraints; the message names that parameter only, what it must be, and the value given.
+        A bool is not taken for a number (``True`` is no ``n_atoms``).
+    """
+    for name, value in params.items():
+        allowed = [c if isinstance(c, _Constraint) else make_constraint(c) for c in constraints[name]]
+        is_bool = isinstance(value, (bool, np.bool_))
+        if any(c.is_satisfied_by(value) for c in allowed
+               if not (is_bool and isinstance(c, (Interval, Options)))):
+            continue
+        described = [str(c) for c in allowed if not getattr(c, "hidden", False)]
+        must = described[0] if len(described) == 1 else f"{', '.join(described[:-1])} or {described[-1]}"
+        raise InvalidParameterError(f"{caller}: {name} must be {must}; got {value!r}")
+
+
+def check_param(name, value, constraints, caller):
+    """:func:`check_params` for one parameter; returns ``value``."""
+    check_params({name: value}, {name: constraints}, caller)
+    return value
+
 
 _FLOAT_RANGE_TOL = 1e-6
 
@@ -23,7 +103,9 @@ def as_images(X):
         raise TypeError("sparse input is not supported: SMT takes dense images of shape (n, H, W[, C])")
     if isinstance(X, (list, tuple)):
         X = _stack_list(X)
-    if not isinstance(X, torch.Tensor):
+    if isinstance(X, torch.Tensor):
+        X = X.detach()  # no autograd graph through the fit (and numpy() works on the pixels)
+    else:
         X = np.asarray(X)
         if np.iscomplexobj(X):
             raise ValueError("Complex data not supported: images must be uint8 or float")
@@ -67,13 +149,24 @@ def as_images(X):
 def _stack_list(images):
     if len(images) == 0:
         raise ValueError("found 0 images; at least 1 is required")
-    arrays = [img if isinstance(img, torch.Tensor) else np.asarray(img) for img in images]
+    arrays = [img.detach() if isinstance(img, torch.Tensor) else np.asarray(img) for img in images]
+    is_tensor = [isinstance(a, torch.Tensor) for a in arrays]
+    if any(is_tensor) and not all(is_tensor):
+        # A mixed list is taken as numpy images (its embeddings come back as numpy).
+        arrays = [a.cpu().float().numpy() if isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16
+                  else a.cpu().numpy() if isinstance(a, torch.Tensor) else a for a in arrays]
     first = tuple(arrays[0].shape)
     for i, a in enumerate(arrays):
         if tuple(a.shape) != first:
             raise ValueError(f"images of mixed sizes: image 0 has shape {first}, image {i} has shape "
                              f"{tuple(a.shape)}; resize or crop them to one size")
+    dtypes = {str(a.dtype).replace("torch.", "") for a in arrays}
+    if "uint8" in dtypes and any(d.startswith(("float", "bfloat")) for d in dtypes):
+        raise ValueError(f"images of mixed pixel scales ({', '.join(sorted(dtypes))}): uint8 in 0-255 and float "
+                         f"in [0, 1]; convert them to one")
     if isinstance(arrays[0], torch.Tensor):
+        if len({a.device for a in arrays}) > 1:
+            raise ValueError("images on several devices; move them to one first")
         return torch.stack(arrays)
     return np.stack(arrays)
 

@@ -35,6 +35,17 @@ The MNIST benchmark of the paper (kNN top-1 99.3) is a script of the repository:
 """
 
 
+def _seed(text):
+    """argparse type of ``--seed``: what ``random_state`` and the split accept, an int in 0 .. 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. 2**32 - 1")
+    return value
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="smt", description="Sparse Manifold Transform: white-box, one-pass unsupervised image embeddings.",
@@ -45,7 +56,11 @@ def _parser():
         description="Fit SMT on scikit-learn's bundled 8x8 digits (70/30 stratified split) and print the "
                     f"weighted kNN top-1 (k={DIGITS_KNN_K}) of raw pixels and of SMT embeddings. "
                     "For MNIST run: python benchmarks/knn_mnist.py")
-    digits.add_argument("--seed", type=int, default=0, help="seed of the train/test split and of SMT (default 0)")
+    seed_help = "seed of the train/test split and of SMT (default 0)"
+    # `smt --seed S` (no command) is `smt digits --seed S`: the option is on both parsers, the
+    # sub-command's default suppressed so that it does not overwrite a seed given before it.
+    parser.add_argument("--seed", type=_seed, default=0, help=seed_help)
+    digits.add_argument("--seed", type=_seed, default=argparse.SUPPRESS, help=seed_help)
     return parser
 
 
@@ -115,7 +130,7 @@ def main(argv=None):
     """
     args = _parser().parse_args(argv)
     if args.command in (None, "digits"):
-        run_digits(seed=getattr(args, "seed", 0))
+        run_digits(seed=args.seed)
     return 0
 
 

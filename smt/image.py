@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from smt import distributed
 from smt._device import resolve_device
-from smt._io import load_npz, save_npz
-from smt._validation import as_images, to_batch
+from smt._io import ModelFileError, check_kind, from_jsonable, jsonable, load_npz, meta_field, save_npz
+from smt._validation import (DEVICE, PATH, Integral, Interval, Options, Real, StrOptions, as_images,
+                             check_params, to_batch)
 from smt.augment import gray_views
 from smt.code_store import CodeStore
 from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code
@@ -27,6 +28,11 @@ from smt.spectral import ContextStatistics, solve_embedding
 from smt.whitening import Whitening
 
 _FORMAT_VERSION = 1
+# Parameters a model file does not carry: where to write and what to run on are the caller's.
+_CALLER_PARAMS = ("device", "checkpoint_path")
+# Parameters the fitted arrays or the output width depend on: changed after fit, they would make
+# transform disagree with the model (set_params of one of them then needs a refit).
+_SHAPE_PARAMS = ("patch_size", "n_atoms", "n_components", "n_skip", "pool_size", "pool_stride")
 _PHASES = ("whitening", "dictionary", "statistics", "done")
 # Parameters that change neither the fitted model nor the order the data is walked in.
 _RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every")
@@ -165,7 +171,42 @@ class SMT(TransformerMixin, BaseEstimator):
     (1797, 128)
     """
 
-    def __init__(self, patch_size=6, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
+    _parameter_constraints = {
+        "patch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_atoms": [Interval(Integral, 1, None, closed="left")],
+        "coding": [StrOptions(set(CODINGS))],
+        # A cosine: outside [-1, 1] every atom or none would pass.
+        "threshold": [Interval(Real, -1, 1, closed="both")],
+        "n_nonzero": [Interval(Integral, 1, None, closed="left")],
+        "max_active": [Interval(Integral, 1, None, closed="left"), None],
+        "empty_code": [StrOptions(set(EMPTY_CODES))],
+        "code_norm": [StrOptions({c for c in CODE_NORMS if c is not None}), None],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_skip": [Interval(Integral, 0, None, closed="left")],
+        "context": [StrOptions({"image"}), Interval(Integral, 1, None, closed="left")],
+        "order": [Options(Integral, {1, 2})],
+        "whiten_eps": [Interval(Real, 0, None, closed="neither")],
+        "dict_epochs": [Interval(Integral, 0, None, closed="left")],
+        "dict_batch_size": [Interval(Integral, 1, None, closed="left")],
+        # 0 would leave the sampled atoms where they are: that is dict_epochs=0.
+        "dict_lr": [Interval(Real, 0, None, closed="neither")],
+        "dict_max_patches": [Interval(Integral, 1, None, closed="left"), None],
+        "max_coherence": [Interval(Real, -1, 1, closed="left"), None],
+        "front_end_images": [Interval(Integral, 1, None, closed="left")],
+        "pool_size": [Interval(Integral, 1, None, closed="left")],
+        "pool_stride": [Interval(Integral, 1, None, closed="left")],
+        "grayscale_augmentation": [StrOptions({"paired", "independent"}), None],
+        "normalize_output": ["boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": DEVICE,
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "checkpoint_path": PATH,
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, patch_size=6, *, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
                  max_active=None, empty_code="zero", code_norm=None, precision="float32", n_components=384,
                  n_skip=1, context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
                  dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4,
@@ -366,8 +407,11 @@ class SMT(TransformerMixin, BaseEstimator):
             shard: give each process its own path.
         """
         check_is_fitted(self, "components_")
+        self._check_shape_params()
         arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays()}
-        meta = {"format_version": _FORMAT_VERSION, "params": self.get_params(),
+        # Where to write and what to run on are the loading caller's to say, not the file's.
+        params = {k: v for k, v in self.get_params().items() if k not in _CALLER_PARAMS}
+        meta = {"kind": "SMT", "format_version": _FORMAT_VERSION, "params": params,
                 "image_shape": list(self.image_shape_)}
         if stream:
             state = self.__dict__.get("_stream")
@@ -387,23 +431,63 @@ class SMT(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         path : str or Path
-        device : str or None
-            Overrides the saved ``device`` parameter.
+        device : str, torch.device or None
+            Where the model runs ("auto" when None); the file names no device, and its model has
+            no ``checkpoint_path``.
+
+        Raises
+        ------
+        ModelFileError
+            (a ``ValueError``) naming the file and the problem: not an SMT model file (another
+            kind, damaged, truncated, empty), invalid parameters, arrays of the wrong shape.
         """
-        meta, arrays = load_npz(path)
+        meta, arrays = load_npz(path, "SMT model")
+        check_kind(path, meta, arrays, "SMT")
         if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{path} is not an SMT model file of format version {_FORMAT_VERSION}")
-        model = cls(**meta["params"])
-        if device is not None:
-            model.device = device
-        for name in model._fitted_arrays():
-            setattr(model, name, arrays[name])
-        model._set_shape(tuple(meta["image_shape"]))
+            raise ModelFileError(f"{path} is not an SMT model file of format version {_FORMAT_VERSION} "
+                                 f"(format_version {meta.get('format_version')!r})")
+        params = meta_field(meta, "params", dict, path)
+        model = cls()
+        unknown = sorted(set(params) - set(model.get_params()))
+        if unknown:
+            raise ModelFileError(f"{path}: unknown SMT parameter(s) {', '.join(unknown)}")
+        params = {k: from_jsonable(v) for k, v in params.items() if k not in _CALLER_PARAMS}
+        model.set_params(**params, device="auto" if device is None else device)
+        try:
+            model._check_params()
+            shape = meta_field(meta, "image_shape", list, path)
+            if len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
+                raise ValueError(f"image_shape must be 3 positive ints, got {shape}")
+            model._set_shape(tuple(shape))
+            for name in model._fitted_arrays():
+                if name not in arrays:
+                    raise ValueError(f"the array {name} is missing")
+                setattr(model, name, arrays[name])
+            model._check_fitted_arrays()
+        except ModelFileError:
+            raise
+        except ValueError as e:
+            raise ModelFileError(f"{path}: not a usable SMT model: {e}") from e
         if "stream" in meta:
-            stats = ContextStatistics(model.n_atoms, model.context, model.order, resolve_device(model.device))
-            model._stats = stats.set_state(_unprefixed("stats", arrays))
-            front = arrays.get("stream.front")
-            model._stream = dict(meta["stream"], front=None if front is None else torch.from_numpy(front))
+            try:
+                state = _unprefixed("stats", arrays)
+                k = model.n_atoms
+                for key, size in (("gram", k * k), ("context", k * k), ("usage", k)):
+                    if np.size(state[key]) != size:
+                        raise ValueError(f"stats.{key} holds {np.size(state[key])} values, n_atoms={k} gives {size}")
+                stats = ContextStatistics(model.n_atoms, model._context_radius(), model.order,
+                                          resolve_device(model.device))
+                model._stats = stats.set_state(state)
+                front = arrays.get("stream.front")
+                stream = meta_field(meta, "stream", dict, path)
+                model._stream = {"seed": int(stream["seed"]), "n_seen": int(stream["n_seen"]),
+                                 "frozen": bool(stream["frozen"]),
+                                 "front": None if front is None else torch.from_numpy(front)}
+            except ModelFileError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any inconsistency of the saved statistics
+                raise ModelFileError(f"{path}: the stream state (save(stream=True)) is malformed: "
+                                     f"{type(e).__name__}: {e}") from e
         return model
 
     # ------------------------------------------------------------------ fitting
@@ -433,6 +517,7 @@ class SMT(TransformerMixin, BaseEstimator):
             stream = {"seed": distributed.broadcast_int(seed), "n_seen": 0, "front": None, "frozen": False}
         stream = dict(stream)  # stored when the call succeeds
         self._ckpt_path = self._rank_checkpoint_path() if resumable else None
+        self._ckpt_fingerprint = _fingerprint(images) if self._ckpt_path else None
         n_seen, total = stream["n_seen"], sum(counts)
         n_new = 0 if stream["frozen"] else min(self.front_end_images, n_seen + total) - n_seen
         run = {"phase": "statistics", "epoch": 0, "batch": 0, "seed": stream["seed"]}
@@ -491,7 +576,7 @@ class SMT(TransformerMixin, BaseEstimator):
     def _new_stages(self, device):
         return {"whitening": Whitening(self.whiten_eps),
                 "dictionary": OnlineDictionary(self.n_atoms, self.dict_batch_size, self.dict_lr),
-                "stats": ContextStatistics(self.n_atoms, self.context, self.order, device),
+                "stats": ContextStatistics(self.n_atoms, self._context_radius(), self.order, device),
                 "sample": {}}
 
     def _fit_front_end(self, front, run, stages, images, device):
@@ -717,34 +802,13 @@ class SMT(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_params(self):
-        checks = [
-            (isinstance(self.patch_size, (int, np.integer)) and self.patch_size >= 1, "patch_size must be an int >= 1"),
-            (isinstance(self.n_atoms, (int, np.integer)) and self.n_atoms >= 1, "n_atoms must be an int >= 1"),
-            (self.coding in CODINGS, f"coding must be one of {CODINGS}"),
-            (self.empty_code in EMPTY_CODES, f"empty_code must be one of {EMPTY_CODES}"),
-            (self.code_norm in CODE_NORMS, f"code_norm must be one of {CODE_NORMS}"),
-            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
-            (isinstance(self.n_components, (int, np.integer)) and self.n_components >= 1,
-             "n_components must be an int >= 1"),
-            (isinstance(self.n_skip, (int, np.integer)) and self.n_skip >= 0, "n_skip must be an int >= 0"),
-            (self.context == "image" or (isinstance(self.context, (int, np.integer)) and self.context >= 1),
-             "context must be 'image' or an int radius >= 1"),
-            (self.order in (1, 2), "order must be 1 or 2"),
-            (self.whiten_eps > 0, "whiten_eps must be > 0"),
-            (isinstance(self.dict_epochs, (int, np.integer)) and self.dict_epochs >= 0, "dict_epochs must be an int >= 0"),
-            (self.max_coherence is None or (isinstance(self.max_coherence, (float, int, np.floating, np.integer))
-                                             and -1 <= self.max_coherence < 1),
-             "max_coherence must be None or a cosine in [-1, 1)"),
-            (isinstance(self.front_end_images, (int, np.integer)) and self.front_end_images >= 1,
-             "front_end_images must be an int >= 1"),
-            (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1, "batch_size must be an int >= 1"),
-            (self.pool_size >= 1 and self.pool_stride >= 1, "pool_size and pool_stride must be >= 1"),
-            (self.grayscale_augmentation in (None, "paired", "independent"),
-             "grayscale_augmentation must be None, 'paired' or 'independent'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message}; got {self.get_params()}")
+        """Validate every parameter (the error names the first bad one), then their relations."""
+        check_params(self.get_params(), self._parameter_constraints, type(self).__name__)
+        if self.n_nonzero > self.n_atoms:
+            raise ValueError(f"SMT: n_nonzero={self.n_nonzero} exceeds n_atoms={self.n_atoms}")
+        if self.n_components + self.n_skip > self.n_atoms:
+            raise ValueError(f"SMT: n_components + n_skip = {self.n_components + self.n_skip} exceeds "
+                             f"n_atoms={self.n_atoms}, the most directions the codes can span")
 
     def _check_images(self, X, reset):
         images = as_images(X)
@@ -761,7 +825,9 @@ class SMT(TransformerMixin, BaseEstimator):
                     f"the {gh}x{gw} patch grid of {h}x{w} images is smaller than the pooling kernel "
                     f"{self.pool_size}; lower patch_size or pool_size")
             self._set_shape((h, w, c))
-        elif (h, w, c) != tuple(self.image_shape_):
+            return images
+        self._check_shape_params()
+        if (h, w, c) != tuple(self.image_shape_):
             fh, fw, fc = self.image_shape_
             raise ValueError(f"X has images of {h}x{w} with {c} channel(s), but SMT was fitted on "
                              f"{fh}x{fw} with {fc} channel(s)")
@@ -774,6 +840,36 @@ class SMT(TransformerMixin, BaseEstimator):
         self.patch_grid_shape_ = patch_grid_shape(h, w, self.patch_size)
         hp, wp = pooled_grid_shape(*self.patch_grid_shape_, self.pool_size, self.pool_stride)
         self.n_features_out_ = self.n_components * hp * wp
+        self._fitted_shape = {name: getattr(self, name) for name in _SHAPE_PARAMS}
+
+    def _check_shape_params(self):
+        """Refuse to use a model whose shape parameters were changed (``set_params``) after fit."""
+        changed = [f"{name}={getattr(self, name)!r} (fitted with {value!r})"
+                   for name, value in self.__dict__.get("_fitted_shape", {}).items() if getattr(self, name) != value]
+        if changed:
+            raise ValueError(f"SMT: {', '.join(changed)} changed after fit; the fitted model has another shape: "
+                             f"call fit again, or set the parameter back")
+
+    def _check_fitted_arrays(self):
+        """The fitted arrays (of a loaded file) have the shapes the parameters give, and finite values."""
+        dim = self.image_shape_[2] * self.patch_size ** 2
+        k, d = self.n_atoms, self.n_components
+        expected = {"whitening_": (dim, dim), "coloring_": (dim, dim), "dictionary_": (k, dim),
+                    "atom_usage_": (k,), "components_": (d, k), "eigenvalues_": (d,),
+                    "skipped_components_": (self.n_skip, k)}
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value.shape != shape:
+                raise ValueError(f"{name} has shape {value.shape}, the parameters give {shape}")
+            if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+                raise ValueError(f"{name} must hold finite floats (dtype {value.dtype})")
+
+    def _context_radius(self):
+        """``context``, with a radius clamped to the patch grid: a larger one adds no neighbour,
+        only (2r + 1)^2 padded ones to every patch's neighbour list."""
+        if self.context == "image":
+            return "image"
+        return int(min(self.context, max(1, max(self.patch_grid_shape_) - 1)))
 
     def _fitted_arrays(self):
         return ("whitening_", "coloring_", "dictionary_", "atom_usage_", "components_", "eigenvalues_",
@@ -816,34 +912,65 @@ class SMT(TransformerMixin, BaseEstimator):
         if run["phase"] == "whitening" and "keys" in sample:
             arrays["sample.keys"] = sample["keys"].cpu().numpy()
             arrays["sample.patches"] = sample["patches"].cpu().numpy()
-        meta = {"format_version": _FORMAT_VERSION, "run": run, "params": self._model_params(),
-                "fingerprint": _fingerprint(images), "n_nonempty": int(sample.get("n_nonempty", 0))}
+        meta = {"kind": "SMT checkpoint", "format_version": _FORMAT_VERSION, "run": run,
+                "params": self._model_params(), "fingerprint": self._ckpt_fingerprint,
+                "n_nonempty": int(sample.get("n_nonempty", 0))}
         save_npz(self._ckpt_path, meta, arrays)
 
     def _resume(self, run, stages, images, device):
         path = self._ckpt_path
         if not path or not Path(path).exists():
             return run, stages
-        meta, arrays = load_npz(path)
-        if meta.get("params") != self._model_params() or meta.get("fingerprint") != _fingerprint(images):
+        start_over = "delete it (or choose another checkpoint_path) to start over"
+        try:
+            meta, arrays = load_npz(path, "SMT checkpoint")
+            check_kind(path, meta, arrays, "SMT checkpoint")
+            if meta.get("format_version") != _FORMAT_VERSION:
+                raise ModelFileError(f"{path} is a checkpoint of format version {meta.get('format_version')!r}, "
+                                     f"not {_FORMAT_VERSION}")
+            saved = meta_field(meta, "params", dict, path, "checkpoint")
+            fingerprint = meta_field(meta, "fingerprint", dict, path, "checkpoint")
+            run = dict(meta_field(meta, "run", dict, path, "checkpoint"))
+            n_nonempty = meta_field(meta, "n_nonempty", int, path, "checkpoint")
+        except ModelFileError as e:
+            raise ModelFileError(f"{e}; {start_over}") from e
+        params = jsonable(self._model_params())
+        changed = [f"{k}={params.get(k)!r} (the checkpoint's fit had {saved.get(k)!r})"
+                   for k in sorted(set(params) | set(saved)) if params.get(k) != saved.get(k)]
+        if changed:
+            why = "parameters " + ", ".join(changed)
+        elif fingerprint != self._ckpt_fingerprint:
+            why = (f"images of shape {self._ckpt_fingerprint['shape']} and dtype {self._ckpt_fingerprint['dtype']} "
+                   f"with content hash {self._ckpt_fingerprint['blake2b'][:12]}, the checkpoint's had shape "
+                   f"{fingerprint.get('shape')}, dtype {fingerprint.get('dtype')}, hash "
+                   f"{str(fingerprint.get('blake2b'))[:12]}")
+        else:
+            why = None
+        if why is not None:
             raise ValueError(f"the checkpoint {path} was written by a fit with other parameters or other "
-                             f"images; delete it or choose another checkpoint_path")
-        run = meta["run"]
-        for name in ("whitening", "dictionary", "stats"):
-            state = _unprefixed(name, arrays)
-            if state:
-                if name == "stats":
-                    stages[name].set_state(state)
-                else:
-                    stages[name].set_state(state, device)
-        stages["sample"]["n_nonempty"] = meta["n_nonempty"]
+                             f"images ({why}); {start_over}")
+        if (run.get("phase") not in _PHASES or
+                not all(isinstance(run.get(k), int) and run[k] >= 0 for k in ("epoch", "batch", "seed"))):
+            raise ModelFileError(f"{path}: the checkpoint's position {run!r} is malformed; {start_over}")
+        try:
+            for name in ("whitening", "dictionary", "stats"):
+                state = _unprefixed(name, arrays)
+                if state:
+                    if name == "stats":
+                        stages[name].set_state(state)
+                    else:
+                        stages[name].set_state(state, device)
+        except Exception as e:  # noqa: BLE001 - any inconsistency of the saved stage states
+            raise ModelFileError(f"{path}: the checkpoint's {name} state is malformed "
+                                 f"({type(e).__name__}: {e}); {start_over}") from e
+        stages["sample"]["n_nonempty"] = n_nonempty
         if "sample.keys" in arrays:
             stages["sample"]["keys"] = torch.as_tensor(arrays["sample.keys"], device=device)
             stages["sample"]["patches"] = torch.as_tensor(arrays["sample.patches"], device=device)
         if run["phase"] in ("statistics", "done"):
             run.update(phase="statistics", batch=run["batch"] if run["phase"] == "statistics" else 0)
             if meta["run"]["phase"] == "done":
-                stages["stats"] = ContextStatistics(self.n_atoms, self.context, self.order, device)
+                stages["stats"] = ContextStatistics(self.n_atoms, self._context_radius(), self.order, device)
         return run, stages
 
     def _model_params(self):
@@ -903,9 +1030,17 @@ def _has_state(stage):
     return any(k in vars(stage) for k in ("_scatter", "dictionary_", "_gram"))
 
 
-def _fingerprint(images):
-    first = np.ascontiguousarray(np.asarray(images[0].cpu() if isinstance(images, torch.Tensor) else images[0]))
-    last = np.ascontiguousarray(np.asarray(images[-1].cpu() if isinstance(images, torch.Tensor) else images[-1]))
-    digest = hashlib.sha1(first.tobytes() + last.tobytes()).hexdigest()
-    return {"shape": list(images.shape), "dtype": str(images.dtype), "sha1": digest}
+def _fingerprint(images, step=1 << 12):
+    """Shape, dtype and a hash of every pixel of ``images``, read ``step`` images at a time: what a
+    checkpoint's state depends on, so a checkpoint is resumed for these very images only (hashing
+    runs at several hundred MB/s, a small cost next to the encode)."""
+    digest = hashlib.blake2b(digest_size=20)
+    for i in range(0, len(images), step):
+        part = images[i:i + step]
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu().contiguous()
+            part = (part.view(torch.int16) if part.dtype == torch.bfloat16 else part).numpy()
+        digest.update(np.ascontiguousarray(part))
+    return {"shape": list(images.shape), "dtype": str(images.dtype).replace("torch.", ""),
+            "blake2b": digest.hexdigest()}
 

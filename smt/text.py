@@ -29,7 +29,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from smt._io import load_npz, save_npz
+from smt._io import ModelFileError, check_kind, from_jsonable, load_npz, meta_field, save_npz
+from smt._validation import Integral, Interval, StrOptions, StrSequence, check_param, check_params
 from smt.cooccurrence import WEIGHTINGS, WindowCooccurrence
 from smt.spectral import solve_embedding, solve_sparse_embedding
 
@@ -93,13 +94,10 @@ def basic_english_tokenize(line: str) -> list[str]:
     return line.split()
 
 
-def _check_int(name: str, value, minimum: int, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        none = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{none}, got {value!r}")
-    return int(value)
+def _check_int(name: str, value, minimum: int, allow_none: bool = False, caller: str = "Vocabulary"):
+    constraints = [Interval(Integral, minimum, None, closed="left")] + ([None] if allow_none else [])
+    check_param(name, value, constraints, caller)
+    return None if value is None else int(value)
 
 
 class Vocabulary:
@@ -193,9 +191,8 @@ class Vocabulary:
     def _check_params(self):
         min_count = _check_int("min_count", self.min_count, 1)
         max_size = _check_int("max_size", self.max_size, 1, allow_none=True)
+        check_param("specials", self.specials, [StrSequence()], "Vocabulary")
         specials = [self.specials] if isinstance(self.specials, str) else list(self.specials)
-        if not all(isinstance(s, str) for s in specials):
-            raise ValueError(f"specials must be strings, got {self.specials!r}")
         return min_count, max_size, specials
 
     def _from_counts(self, counter, n_lines):
@@ -337,7 +334,21 @@ class SMTWordEmbedding(BaseEstimator):
     (2, 2)
     """
 
-    def __init__(self, n_components=300, max_vocab=50000, min_count=1, window=5, weighting="uniform",
+    _parameter_constraints = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "max_vocab": [Interval(Integral, 1, None, closed="left"), None],
+        "min_count": [Interval(Integral, 1, None, closed="left")],
+        "window": [Interval(Integral, 1, None, closed="left")],
+        "weighting": [StrOptions(set(WEIGHTINGS))],
+        "n_skip": [Interval(Integral, 0, None, closed="left")],
+        "tokenizer": [StrOptions(set(TOKENIZERS)), callable],
+        "specials": [StrSequence()],
+        "solver": [StrOptions(set(SOLVERS))],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, n_components=300, *, max_vocab=50000, min_count=1, window=5, weighting="uniform",
                  n_skip=1, tokenizer="basic_english", specials=("<unk>",), solver="auto",
                  random_state=None, verbose=False):
         self.n_components = n_components
@@ -374,6 +385,10 @@ class SMTWordEmbedding(BaseEstimator):
         for i, line in enumerate(tqdm(X, desc="co-occurrence", unit=" lines", disable=not self.verbose)):
             if isinstance(line, str):
                 tokens = tokenize(line)
+                if isinstance(tokens, str) or not isinstance(tokens, Sequence) or not all(
+                        isinstance(t, str) for t in tokens):
+                    raise TypeError(f"the tokenizer returned a {type(tokens).__name__} for line {i} ({line[:40]!r}); "
+                                    f"it must return a list of str tokens")
             elif isinstance(line, Sequence) and all(isinstance(t, str) for t in line):
                 tokens = line
             else:
@@ -465,7 +480,7 @@ class SMTWordEmbedding(BaseEstimator):
             Most similar first.
         """
         query = self._lookup(word)
-        topn = _check_int("topn", topn, 1)
+        topn = _check_int("topn", topn, 1, caller="SMTWordEmbedding.most_similar")
         sims = self.embedding_ @ self.embedding_[query]
         sims[query] = -np.inf
         top = np.argsort(-sims, kind="stable")[:topn]
@@ -476,25 +491,59 @@ class SMTWordEmbedding(BaseEstimator):
         check_is_fitted(self, "embedding_")
         if callable(self.tokenizer):
             raise ValueError("a model with a callable tokenizer cannot be saved; pass a tokenizer name")
-        params = {**self.get_params(), "specials": list(self.specials)}
-        meta = {"format_version": _FORMAT_VERSION, "params": params, "n_tokens": self.n_tokens_,
-                "n_lines": self.n_lines_, "n_dropped_words": self.n_dropped_words_}
+        specials = [self.specials] if isinstance(self.specials, str) else list(self.specials)
+        params = {**self.get_params(), "specials": specials}
+        meta = {"kind": "SMTWordEmbedding", "format_version": _FORMAT_VERSION, "params": params,
+                "n_tokens": self.n_tokens_, "n_lines": self.n_lines_, "n_dropped_words": self.n_dropped_words_}
         save_npz(path, meta, {"vocabulary": np.array(self.vocabulary_, dtype=str), "counts": self.counts_,
                               "components": self.components_, "eigenvalues": self.eigenvalues_})
 
     @classmethod
     def load(cls, path):
-        """Load a model written by :meth:`save`."""
-        meta, arrays = load_npz(path)
-        if meta.get("format_version") != _FORMAT_VERSION or "vocabulary" not in arrays:
-            raise ValueError(f"{path} is not an SMTWordEmbedding file of format version {_FORMAT_VERSION}")
-        model = cls(**meta["params"])
-        model.vocabulary_ = arrays["vocabulary"].tolist()
+        """Load a model written by :meth:`save`.
+
+        Raises
+        ------
+        ModelFileError
+            (a ``ValueError``) naming the file and the problem: not an SMTWordEmbedding file
+            (another kind, damaged, truncated, empty), invalid parameters, arrays of the wrong shape.
+        """
+        meta, arrays = load_npz(path, "SMTWordEmbedding")
+        check_kind(path, meta, arrays, "SMTWordEmbedding")
+        if meta.get("format_version") != _FORMAT_VERSION:
+            raise ModelFileError(f"{path} is not an SMTWordEmbedding file of format version {_FORMAT_VERSION}")
+        params = meta_field(meta, "params", dict, path)
+        model = cls()
+        unknown = sorted(set(params) - set(model.get_params()))
+        if unknown:
+            raise ModelFileError(f"{path}: unknown SMTWordEmbedding parameter(s) {', '.join(unknown)}")
+        model.set_params(**{k: from_jsonable(v) for k, v in params.items()})
+        try:
+            model._check_params()
+            for name in ("vocabulary", "counts", "components", "eigenvalues"):
+                if name not in arrays:
+                    raise ValueError(f"the array {name} is missing")
+            vocabulary, components = arrays["vocabulary"], arrays["components"]
+            n_words, d = len(vocabulary), model.n_components
+            if vocabulary.ndim != 1 or vocabulary.dtype.kind != "U":
+                raise ValueError(f"vocabulary must be a 1-D array of str, got {vocabulary.dtype} {vocabulary.shape}")
+            for name, shape in (("counts", (n_words,)), ("components", (d, n_words)), ("eigenvalues", (d,))):
+                if arrays[name].shape != shape:
+                    raise ValueError(f"{name} has shape {arrays[name].shape}, the vocabulary and n_components "
+                                     f"give {shape}")
+            if not np.issubdtype(components.dtype, np.floating) or not np.isfinite(components).all():
+                raise ValueError(f"components must hold finite floats (dtype {components.dtype})")
+            model.n_tokens_ = meta_field(meta, "n_tokens", int, path)
+            model.n_lines_ = meta_field(meta, "n_lines", int, path)
+            model.n_dropped_words_ = meta_field(meta, "n_dropped_words", int, path)
+        except ModelFileError:
+            raise
+        except ValueError as e:
+            raise ModelFileError(f"{path}: not a usable SMTWordEmbedding model: {e}") from e
+        model.vocabulary_ = vocabulary.tolist()
         model.counts_ = arrays["counts"]
-        model.components_ = arrays["components"]
+        model.components_ = components
         model.eigenvalues_ = arrays["eigenvalues"]
-        model.n_tokens_, model.n_lines_ = meta["n_tokens"], meta["n_lines"]
-        model.n_dropped_words_ = meta["n_dropped_words"]
         model._set_embedding()
         return model
 
@@ -519,12 +568,4 @@ class SMTWordEmbedding(BaseEstimator):
         return basic_english_tokenize if self.tokenizer == "basic_english" else str.split
 
     def _check_params(self):
-        _check_int("n_components", self.n_components, 1)
-        _check_int("n_skip", self.n_skip, 0)
-        _check_int("window", self.window, 1)
-        Vocabulary(self.min_count, self.max_vocab, self.specials)._check_params()
-        for name, value, valid in [("weighting", self.weighting, WEIGHTINGS), ("solver", self.solver, SOLVERS)]:
-            if value not in valid:
-                raise ValueError(f"{name} must be one of {valid}, got {value!r}")
-        if not callable(self.tokenizer) and self.tokenizer not in TOKENIZERS:
-            raise ValueError(f"tokenizer must be one of {TOKENIZERS} or a callable, got {self.tokenizer!r}")
+        check_params(self.get_params(), self._parameter_constraints, type(self).__name__)

@@ -26,7 +26,7 @@ from typing import IO, Any, Iterable, Mapping
 
 import numpy as np
 
-from ._base import check_md5, data_home, fetch
+from ._base import check_loader_params, check_md5, data_home, fetch
 
 try:
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -410,6 +410,7 @@ def load_cifar10(
     >>> x.shape, x.dtype, y.shape, names[y[0]]                                 # doctest: +SKIP
     ((10000, 32, 32, 3), dtype('uint8'), (10000,), 'cat')
     """
+    check_loader_params("load_cifar10", root=root, download=download, return_names=return_names)
     return _load(CIFAR10, root, split, download, "labels", 10, "label_names", return_names)
 
 
@@ -466,6 +467,7 @@ def load_cifar100(
     >>> x.shape, y.max()                                                  # doctest: +SKIP
     ((10000, 32, 32, 3), 19)
     """
+    check_loader_params("load_cifar100", root=root, download=download, return_names=return_names)
     n_classes = _CIFAR100_LABEL_TYPES.get(label_type) if isinstance(label_type, str) else None
     if n_classes is None:
         raise ValueError(f"unknown CIFAR-100 label_type {label_type!r}; valid values: 'fine', 'coarse'")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._base import data_home, fetch
+from ._base import check_loader_params, data_home, fetch
 
 __all__ = ["load_mnist", "read_idx", "MNIST_FILES", "MNIST_MIRRORS"]
 
@@ -152,6 +152,7 @@ def load_mnist(
     >>> x.shape, x.dtype, y.shape, y.dtype          # doctest: +SKIP
     ((10000, 28, 28), dtype('uint8'), (10000,), dtype('int64'))
     """
+    check_loader_params("load_mnist", root=root, download=download)
     key = _SPLIT_ALIASES.get(split) if isinstance(split, str) else None
     if key is None:
         raise ValueError(f"unknown MNIST split {split!r}; valid values: 'train', 'test' (or its alias 't10k')")

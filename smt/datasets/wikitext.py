@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from ._base import DATA_ENV, DownloadError, check_md5, data_home
+from ._base import DATA_ENV, DownloadError, check_loader_params, check_md5, check_not_dir, data_home, read_text_lines
 
 __all__ = ["load_wikitext", "clean_wikitext_line", "WIKITEXT_NAMES", "WIKITEXT_SPLITS", "WIKITEXT_MD5S"]
 
@@ -49,9 +49,8 @@ _HF_REPO = "Salesforce/wikitext"
 def _read_lines(path: Path) -> Iterator[str]:
     # newline="\n": only LF ends a line (the official files are LF; WikiText
     # text may contain other Unicode line separators that are not line ends).
-    with open(path, encoding="utf-8", newline="\n") as f:
-        for line in f:
-            yield line.rstrip("\r\n")
+    for line in read_text_lines(path, newline="\n"):
+        yield line.rstrip("\r\n")
 
 
 def _hf_lines(dataset) -> Iterator[str]:
@@ -140,6 +139,7 @@ def load_wikitext(
     >>> lines = load_wikitext("wikitext-2", "valid", root="/data")       # doctest: +SKIP
     >>> sentences = (t for t in map(clean_wikitext_line, lines) if t)  # doctest: +SKIP
     """
+    check_loader_params("load_wikitext", root=root)
     if name not in WIKITEXT_NAMES:
         raise ValueError(f"unknown WikiText name {name!r}; valid values: {', '.join(map(repr, WIKITEXT_NAMES))}")
     if split not in WIKITEXT_SPLITS:
@@ -147,6 +147,7 @@ def load_wikitext(
     filename = WIKITEXT_SPLITS[split][0]
     folder = data_home(root, name, files=[f for f, _ in WIKITEXT_SPLITS.values()])
     path = folder / filename
+    check_not_dir(path)
     if path.is_file():
         check_md5(path, WIKITEXT_MD5S.get((name, filename), ()),
                   advice=f"replace it with '{filename}' from the official {WIKITEXT_NAMES[name]}.zip "

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._base import DATA_ENV, check_md5, data_home
+from ._base import DATA_ENV, check_loader_params, check_md5, check_not_dir, data_home, read_text_lines
 
 __all__ = [
     "load_wordsim353", "load_simlex999", "load_men", "load_rw",
@@ -47,10 +47,12 @@ _FOLDER = "word-similarity"
 
 
 def _load(key: str, root) -> tuple[list[tuple[str, str]], np.ndarray]:
+    check_loader_params(f"load_{key}", root=root)
     relpath, md5s, sep, n_header, c1, c2, cs = WORD_SIMILARITY_FILES[key]
     subdirs = [spec[0].split("/")[0] for spec in WORD_SIMILARITY_FILES.values()]
     folder = data_home(root, _FOLDER, dirs=subdirs)
     path = folder / relpath
+    check_not_dir(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{Path(relpath).name} not found: searched {path}. To fix this, put the original "
@@ -62,22 +64,21 @@ def _load(key: str, root) -> tuple[list[tuple[str, str]], np.ndarray]:
     scores: list[float] = []
     need = max(c1, c2, cs) + 1
     # newline=None: universal newlines, so CRLF files (WordSim-353, SimLex-999) read as LF.
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if lineno <= n_header:
-                continue
-            line = line.strip()
-            if not line:
-                continue
-            fields = line.split(sep)
-            try:
-                if len(fields) < need:
-                    raise ValueError(f"{len(fields)} fields, need at least {need}")
-                score = float(fields[cs])
-            except ValueError as e:
-                raise ValueError(f"{path.name}: cannot parse line {lineno} of {path}: {line!r} ({e})") from None
-            pairs.append((fields[c1].strip().lower(), fields[c2].strip().lower()))
-            scores.append(score)
+    for lineno, line in enumerate(read_text_lines(path), 1):
+        if lineno <= n_header:
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.split(sep)
+        try:
+            if len(fields) < need:
+                raise ValueError(f"{len(fields)} fields, need at least {need}")
+            score = float(fields[cs])
+        except ValueError as e:
+            raise ValueError(f"{path.name}: cannot parse line {lineno} of {path}: {line!r} ({e})") from None
+        pairs.append((fields[c1].strip().lower(), fields[c2].strip().lower()))
+        scores.append(score)
     return pairs, np.asarray(scores, dtype=np.float64)
 
 
