@@ -22,6 +22,8 @@ package never imports this one.  Run ``python -m smt.ssl.train --help``.
 from .backbones import ResNet18, ViT, vit_tiny
 from .base import SSLMethod, TrainConfig, Trainer
 from .carp import CARP
+from .equivariant import P4ResNet18
+from .hssl import HSSL
 from .manifoldclr import ManifoldCLR
 from .msn import MSN, PMSN
 from .sampler import ClassBatchSampler, long_tailed_indices
@@ -29,16 +31,17 @@ from .simclr import SimCLR, SimCLRAdamW
 from .vicreg import VICReg
 
 METHODS = {"simclr": SimCLR, "vicreg": VICReg, "msn": MSN, "pmsn": PMSN, "carp": CARP,
-           "simclr_adamw": SimCLRAdamW, "manifoldclr": ManifoldCLR}
+           "simclr_adamw": SimCLRAdamW, "manifoldclr": ManifoldCLR, "hssl": HSSL, "assl": HSSL,
+           "hssl_unstructured": HSSL}
 
-__all__ = ["METHODS", "SimCLR", "SimCLRAdamW", "VICReg", "MSN", "PMSN", "CARP", "ManifoldCLR", "ResNet18", "ViT",
+__all__ = ["METHODS", "SimCLR", "SimCLRAdamW", "VICReg", "MSN", "PMSN", "CARP", "ManifoldCLR", "HSSL", "ResNet18", "P4ResNet18", "ViT",
            "vit_tiny", "SSLMethod", "TrainConfig", "Trainer", "ClassBatchSampler", "long_tailed_indices",
            "build_method"]
 
 
 def build_method(name: str, width: int = 64, vit_dim: int = 192, vit_depth: int = 12, vit_heads: int = 3,
                  proj_hidden: int | None = None, n_prototypes: int = 1024, carp_k: int = 4096,
-                 carp_block: int = 128, seed: int = 0, **kw) -> SSLMethod:
+                 carp_block: int = 128, p4_width: int = 16, seed: int = 0, **kw) -> SSLMethod:
     """Build a method with its paper backbone, seeded for a reproducible initialisation.
 
     Parameters
@@ -55,6 +58,9 @@ def build_method(name: str, width: int = 64, vit_dim: int = 192, vit_depth: int 
         MSN / PMSN only.
     carp_k, carp_block : int, default 4096, 128
         CARP's ``K`` and ``N_B``.
+    p4_width : int, default 16
+        Channels per fibre of the C4-equivariant ResNet-18 (H-SSL, A-SSL, the
+        unstructured control).
     seed : int, default 0
     **kw
         Passed to the method.
@@ -70,4 +76,7 @@ def build_method(name: str, width: int = 64, vit_dim: int = 192, vit_depth: int 
         return METHODS[name](backbone, n_prototypes=n_prototypes, **kw)
     if name == "carp":
         return CARP(ResNet18(width), n_prototypes=carp_k, block_size=carp_block, **kw)
+    if name in ("hssl", "assl", "hssl_unstructured"):
+        backbone = P4ResNet18(p4_width, tied=name != "hssl_unstructured")
+        return HSSL(backbone, mode="assl" if name == "assl" else "hssl", **kw)
     return METHODS[name](ResNet18(width), **kw)
