@@ -7,7 +7,7 @@
 
 Two experiments, each run scored by the SMT paper's kNN top-1 (k 30, T 0.03) on the test images:
 
-* balance: SimCLR, VICReg and MSN trained on the first ``--n-train`` training images with
+* balance: SimCLR, VICReg, MSN and CARP (``--balance-methods``) trained on the first ``--n-train`` training images with
   class-balanced batches (``ClassBatchSampler`` K = 10: every batch holds all classes in equal
   shares) and class-imbalanced ones (K = ``--imbalanced-k``). The paper's finding: volume-maximising
   methods lose accuracy with class-imbalanced batches.
@@ -25,14 +25,14 @@ import torch
 
 from smt.ssl import train as ssl_train
 
-NAMES = {"simclr": "SimCLR", "vicreg": "VICReg", "msn": "MSN", "pmsn": "PMSN"}
+NAMES = {"simclr": "SimCLR", "vicreg": "VICReg", "msn": "MSN", "pmsn": "PMSN", "carp": "CARP"}
 
 
 def configs(args):
     """(experiment, method, extra argv) of every run."""
     runs = []
     if args.only in (None, "balance"):
-        for m in ("simclr", "vicreg", "msn"):
+        for m in args.balance_methods:
             for k in (10, args.imbalanced_k):
                 runs.append(("balance", m, ["--n-train", str(args.n_train), "--classes-per-batch", str(k)]))
     if args.only in (None, "prior"):
@@ -64,6 +64,9 @@ def main(argv=None):
     ap.add_argument("--budget-minutes", type=float, default=3.0)
     ap.add_argument("--epochs", type=int, default=100, help="planned epochs (warmup = 10 %% of them)")
     ap.add_argument("--imbalanced-k", type=int, default=1)
+    ap.add_argument("--balance-methods", nargs="*", default=["simclr", "vicreg", "msn", "carp"],
+                    choices=sorted(NAMES), help="methods of the balance experiment (CARP: its block-uniformity "
+                    "term is a uniform prior too)")
     ap.add_argument("--long-tail", type=int, default=1000, metavar="N_MAX")
     ap.add_argument("--only", choices=["balance", "prior"], default=None)
     ap.add_argument("--eval-every", type=int, default=0)

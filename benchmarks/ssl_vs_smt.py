@@ -1,7 +1,8 @@
 """kNN top-1 against wall-clock: deep SSL baselines (smt.ssl) and SMT, same data, same machine, same run.
 
     python benchmarks/ssl_vs_smt.py --data ../shared/data [--n-train 5000] [--n-test 2000]
-        [--budget-minutes M] [--methods simclr vicreg msn pmsn] [--skip-smt] [--threads 1]
+        [--budget-minutes M] [--methods simclr vicreg msn pmsn carp manifoldclr simclr_adamw hssl assl
+        hssl_unstructured] [--skip-smt] [--threads 1]
         [--json runs/ssl_vs_smt.jsonl] [--plot runs/ssl_vs_smt.png]
     python benchmarks/ssl_vs_smt.py --report runs/ssl_vs_smt.jsonl [--plot runs/ssl_vs_smt.png]
 
@@ -12,6 +13,13 @@ trains until its budget of *training* time is spent (its kNN evaluations every `
 epochs are not counted) and is scored with the same kNN (k 30, T 0.03) on backbone features.
 Every run appends one JSON line; ``--report`` prints the markdown table and draws the plot from them,
 so methods can be run in separate processes.
+
+Each deep method trains with its own augmentation recipe (``smt.ssl.augment.RECIPES``: SimCLR
+"simclr", VICReg "vicreg", MSN / PMSN / H-SSL "asymmetric", CARP "carp", ManifoldCLR and its
+same-harness SimCLR "manifoldclr"; ``--augment NAME`` gives every method one recipe) and its own
+optimiser (LARS in the "scaled" form, or AdamW); the table states both. ManifoldCLR is compared with
+``simclr_adamw`` (AdamW, temperature 0.5), the SimCLR of its own harness, as the paper did. H-SSL,
+A-SSL and the unstructured control run on the C4-equivariant ResNet-18 (``--p4-width``).
 """
 import argparse
 import json
@@ -27,7 +35,11 @@ import _knn  # noqa: E402
 from smt.datasets import load_cifar10  # noqa: E402
 from smt.ssl import train as ssl_train  # noqa: E402
 
-NAMES = {"smt": "SMT", "simclr": "SimCLR", "vicreg": "VICReg", "msn": "MSN", "pmsn": "PMSN"}
+NAMES = {"smt": "SMT", "simclr": "SimCLR", "vicreg": "VICReg", "msn": "MSN", "pmsn": "PMSN", "carp": "CARP",
+         "manifoldclr": "ManifoldCLR", "simclr_adamw": "SimCLR (AdamW, ManifoldCLR's harness)",
+         "hssl": "H-SSL (C4)", "assl": "A-SSL (C4)", "hssl_unstructured": "H-SSL, unstructured"}
+ALL_METHODS = ["simclr", "vicreg", "msn", "pmsn", "carp", "manifoldclr", "simclr_adamw", "hssl", "assl",
+               "hssl_unstructured"]
 
 
 def run_smt(args) -> dict:
@@ -51,21 +63,37 @@ def run_deep(args, method: str, budget_minutes: float) -> dict:
     """Train one deep method for ``budget_minutes`` of training time (smt.ssl.train)."""
     argv = ["--method", method, "--data", str(args.data), "--n-train", str(args.n_train),
             "--n-test", str(args.n_test), "--epochs", str(args.epochs), "--budget-minutes", str(budget_minutes),
-            "--eval-every", str(args.eval_every), *ssl_train.model_argv(args), "--no-progress"]
+            "--eval-every", str(args.eval_every), *ssl_train.model_argv(args), "--no-progress",
+            *(["--augment", args.augment] if args.augment else [])]
     row = ssl_train.main(argv)
     row["method"] = method
-    row["backbone"] = (f"ViT dim {args.vit_dim}, depth {args.vit_depth}" if method in ("msn", "pmsn")
-                       else f"ResNet-18 width {args.width}")
+    row["backbone"] = backbone_name(args, method)
     return row
 
 
+def backbone_name(args, method: str) -> str:
+    """The backbone (and the method's size settings) in words, for the table."""
+    if method in ("msn", "pmsn"):
+        return f"ViT dim {args.vit_dim}, depth {args.vit_depth}"
+    if method in ("hssl", "assl"):
+        return f"P4-ResNet-18 width {args.p4_width}"
+    if method == "hssl_unstructured":
+        return f"ResNet-18 width {4 * args.p4_width}, untied P4 shapes"
+    extra = {"carp": f"; K {args.carp_k}, N_B {args.carp_block}, EMA {args.carp_ema}",
+             "manifoldclr": f"; M {args.mclr_operators}, d {args.mclr_block}, J {args.mclr_samples}"}
+    return f"ResNet-18 width {args.width}{extra.get(method, '')}"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| method | backbone | device, threads | clock | budget s | train s | wall s (all) | epochs | steps "
-             "| kNN top-1 | top-5 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | backbone | augment | optimiser | device, threads | clock | budget s | train s | wall s (all) "
+             "| epochs | steps | kNN top-1 | top-5 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         budget = r.get("args", {}).get("budget_minutes")
-        lines.append(f"| {NAMES.get(r['method'], r['method'])} | {r['backbone']} | {r.get('device', 'cpu')}, "
+        opt = r.get("optimizer") or ""
+        opt += f" ({r['lars_mode']})" if r.get("lars_mode") else ""
+        lines.append(f"| {NAMES.get(r['method'], r['method'])} | {r['backbone']} | {r.get('augment') or ''} | {opt} | "
+                     f"{r.get('device', 'cpu')}, "
                      f"{r['threads']} | {r.get('clock', 'wall')} | {'' if budget is None else f'{60 * budget:.0f}'} | {r['train_seconds']:.0f} | "
                      f"{r['wall_seconds']:.0f} | {r['epochs_done']} | {r['steps'] if r['steps'] is not None else ''} | {r['top1']:.2f} | "
                      f"{r['top5']:.2f} |")
@@ -103,7 +131,8 @@ def main(argv=None):
     ap.add_argument("--data", default=None)
     ap.add_argument("--n-train", type=int, default=5000)
     ap.add_argument("--n-test", type=int, default=2000)
-    ap.add_argument("--methods", nargs="*", default=["simclr", "vicreg", "msn", "pmsn"])
+    ap.add_argument("--methods", nargs="*", default=ALL_METHODS, choices=ALL_METHODS)
+    ap.add_argument("--augment", default=None, help="one augmentation recipe for every method (default: each its own)")
     ap.add_argument("--skip-smt", action="store_true")
     ap.add_argument("--budget-minutes", type=float, default=None, help="default: SMT's time")
     ap.add_argument("--epochs", type=int, default=100, help="planned epochs (warmup = 10 %% of them)")

@@ -208,7 +208,8 @@ class Trainer:
     Attributes
     ----------
     history : list of dict
-        One row per evaluation: epoch, step, train_seconds, loss, top1, top5.
+        One row per epoch: epoch, step, train_seconds, loss (the last step's), logs (the epoch means of
+        the method's loss terms), and top1, top5 when evaluated.
     step_losses : list of float
         The training loss of every step.
     """
@@ -353,6 +354,7 @@ class Trainer:
             self.method.train()
             bar = tqdm(batches, desc=f"{self.method.name} epoch {self.epoch + 1}/{cfg.epochs}",
                        disable=not cfg.progress, leave=False)
+            log_sums: dict = {}
             for idx in bar:
                 tic = self._clock()
                 self._set_lr(self._progress(len(batches)))
@@ -370,6 +372,8 @@ class Trainer:
                 self.train_seconds += self._clock() - tic
                 last_loss = float(loss.detach())
                 self.step_losses.append(last_loss)
+                for k, v in logs.items():
+                    log_sums[k] = log_sums.get(k, 0.0) + v
                 if not np.isfinite(last_loss):
                     raise FloatingPointError(f"{self.method.name}: loss became {last_loss} at step {self.step}")
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.3g}")
@@ -378,8 +382,9 @@ class Trainer:
                     break
             self.epoch += 1
             done = self.finished or self.epoch >= cfg.epochs
+            n_steps = max(self.step - (self.history[-1]["step"] if self.history else 0), 1)
             row = {"epoch": self.epoch, "step": self.step, "train_seconds": round(self.train_seconds, 2),
-                   "loss": last_loss}
+                   "loss": last_loss, "logs": {k: v / n_steps for k, v in log_sums.items()}}
             if evaluate and (done or (cfg.eval_every and self.epoch % cfg.eval_every == 0)):
                 row.update(self.evaluate(xr, yr, xq, test_labels))
                 if cfg.progress:

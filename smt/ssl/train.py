@@ -33,7 +33,14 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--vit-dim", type=int, default=192)
     ap.add_argument("--vit-depth", type=int, default=12)
     ap.add_argument("--vit-heads", type=int, default=3)
-    ap.add_argument("--n-prototypes", type=int, default=1024)
+    ap.add_argument("--n-prototypes", type=int, default=1024, help="MSN / PMSN prototypes")
+    ap.add_argument("--carp-k", type=int, default=4096, help="CARP prototypes K")
+    ap.add_argument("--carp-block", type=int, default=128, help="CARP prototypes per block N_B")
+    ap.add_argument("--carp-ema", type=float, default=0.99, help="CARP teacher momentum at the start (-> 1)")
+    ap.add_argument("--mclr-operators", type=int, default=32, help="ManifoldCLR operators M")
+    ap.add_argument("--mclr-block", type=int, default=64, help="ManifoldCLR operator block size d")
+    ap.add_argument("--mclr-samples", type=int, default=20, help="ManifoldCLR max-ELBO samples J")
+    ap.add_argument("--p4-width", type=int, default=16, help="channels per fibre of the C4 ResNet (H-SSL, A-SSL)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -46,7 +53,22 @@ def model_argv(args: argparse.Namespace) -> list[str]:
     """The options of :func:`add_model_arguments` (but threads, set by the caller's process) as argv."""
     return ["--width", str(args.width), "--vit-dim", str(args.vit_dim), "--vit-depth", str(args.vit_depth),
             "--vit-heads", str(args.vit_heads), "--n-prototypes", str(args.n_prototypes),
+            "--carp-k", str(args.carp_k), "--carp-block", str(args.carp_block), "--carp-ema", str(args.carp_ema),
+            "--mclr-operators", str(args.mclr_operators), "--mclr-block", str(args.mclr_block),
+            "--mclr-samples", str(args.mclr_samples), "--p4-width", str(args.p4_width),
             "--seed", str(args.seed), "--device", args.device, "--clock", args.clock]
+
+
+def method_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`smt.ssl.build_method` for ``args.method``."""
+    kw = dict(width=args.width, vit_dim=args.vit_dim, vit_depth=args.vit_depth, vit_heads=args.vit_heads,
+              proj_hidden=args.proj_hidden, n_prototypes=args.n_prototypes, carp_k=args.carp_k,
+              carp_block=args.carp_block, p4_width=args.p4_width, seed=args.seed)
+    if args.method == "carp":
+        kw["ema"] = (args.carp_ema, 1.0)
+    if args.method == "manifoldclr":
+        kw.update(n_operators=args.mclr_operators, operator_block=args.mclr_block, n_samples=args.mclr_samples)
+    return kw
 
 
 def parser() -> argparse.ArgumentParser:
@@ -97,9 +119,7 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     x, y, xt, yt = load_data(args)
-    method = build_method(args.method, width=args.width, vit_dim=args.vit_dim, vit_depth=args.vit_depth,
-                          vit_heads=args.vit_heads, proj_hidden=args.proj_hidden,
-                          n_prototypes=args.n_prototypes, seed=args.seed)
+    method = build_method(args.method, **method_kwargs(args))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       warmup_epochs=args.warmup_epochs, budget_minutes=args.budget_minutes,
                       classes_per_batch=args.classes_per_batch, eval_every=args.eval_every, seed=args.seed,
