@@ -110,6 +110,8 @@ def load_npz(path, what="model"):
 
 _LOADERS = {"SMT": "SMT.load", "SMTWordEmbedding": "SMTWordEmbedding.load",
             "SMT checkpoint": "SMT(checkpoint_path=...).fit"}
+_NAMES = {"SMT": "an SMT model", "SMTWordEmbedding": "an SMTWordEmbedding model",
+          "SMT checkpoint": "an SMT checkpoint", "unknown": "an unknown"}
 
 
 def check_kind(path, meta, arrays, expected):
@@ -121,8 +123,7 @@ def check_kind(path, meta, arrays, expected):
                 "SMT checkpoint" if "run" in meta else "SMT" if "components_" in arrays else "unknown")
     if kind != expected:
         use = f"; it is read by {_LOADERS[kind]}" if kind in _LOADERS else ""
-        raise ModelFileError(f"{path} holds {'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind} file, not "
-                             f"{'an' if expected[0] in 'aeiouAEIOU' else 'a'} {expected} file{use}")
+        raise ModelFileError(f"{path} is {_NAMES.get(kind, repr(kind))} file, not {_NAMES[expected]} file{use}")
 
 
 def meta_field(meta, key, kind, path, what="model"):

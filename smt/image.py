@@ -407,6 +407,7 @@ class SMT(TransformerMixin, BaseEstimator):
             shard: give each process its own path.
         """
         check_is_fitted(self, "components_")
+        self._check_params()
         self._check_shape_params()
         arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays()}
         # Where to write and what to run on are the loading caller's to say, not the file's.
@@ -940,10 +941,11 @@ class SMT(TransformerMixin, BaseEstimator):
         if changed:
             why = "parameters " + ", ".join(changed)
         elif fingerprint != self._ckpt_fingerprint:
-            why = (f"images of shape {self._ckpt_fingerprint['shape']} and dtype {self._ckpt_fingerprint['dtype']} "
-                   f"with content hash {self._ckpt_fingerprint['blake2b'][:12]}, the checkpoint's had shape "
-                   f"{fingerprint.get('shape')}, dtype {fingerprint.get('dtype')}, hash "
-                   f"{str(fingerprint.get('blake2b'))[:12]}")
+            def describe(f):
+                return (f"shape {tuple(f.get('shape') or ())}, dtype {f.get('dtype')}, content hash "
+                        f"{str(f.get('blake2b'))[:12]}")
+            why = (f"this fit's images have {describe(self._ckpt_fingerprint)}; the checkpoint's had "
+                   f"{describe(fingerprint)}")
         else:
             why = None
         if why is not None:
@@ -952,6 +954,14 @@ class SMT(TransformerMixin, BaseEstimator):
         if (run.get("phase") not in _PHASES or
                 not all(isinstance(run.get(k), int) and run[k] >= 0 for k in ("epoch", "batch", "seed"))):
             raise ModelFileError(f"{path}: the checkpoint's position {run!r} is malformed; {start_over}")
+        k, dim = self.n_atoms, self.image_shape_[2] * self.patch_size ** 2
+        sizes = {"whitening.scatter": dim * dim, "dictionary.dictionary": k * dim, "dictionary.activation": k,
+                 "stats.gram": k * k, "stats.context": k * k, "stats.usage": k}
+        wrong = [f"{key} holds {np.size(arrays[key])} values, not {size}"
+                 for key, size in sizes.items() if key in arrays and np.size(arrays[key]) != size]
+        if wrong:
+            raise ModelFileError(f"{path}: the checkpoint's state does not fit its parameters ({'; '.join(wrong)}); "
+                                 f"{start_over}")
         try:
             for name in ("whitening", "dictionary", "stats"):
                 state = _unprefixed(name, arrays)
