@@ -114,11 +114,14 @@ def load_data(args):
     return x, y, xt[:args.n_test], yt[:args.n_test]
 
 
-def run(args) -> dict:
-    """Train and evaluate one method; returns the JSON row."""
+def run(args, data=None) -> dict:
+    """Train and evaluate one method; returns the JSON row.
+
+    ``data``: ``(x, y, x_test, y_test)`` already in memory (default: :func:`load_data`).
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
-    x, y, xt, yt = load_data(args)
+    x, y, xt, yt = load_data(args) if data is None else data
     method = build_method(args.method, **method_kwargs(args))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       warmup_epochs=args.warmup_epochs, budget_minutes=args.budget_minutes,
@@ -148,8 +151,8 @@ def run(args) -> dict:
     return row
 
 
-def main(argv=None) -> dict:
-    return run(parser().parse_args(argv))
+def main(argv=None, data=None) -> dict:
+    return run(parser().parse_args(argv), data)
 
 
 if __name__ == "__main__":
