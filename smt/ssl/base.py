@@ -1,10 +1,12 @@
 """Shared training base of the deep SSL baselines (the layout of solo-learn's ``solo/methods``).
 
 :class:`SSLMethod` is what a method file defines: a backbone, a projector and
-``training_loss(view1, view2, gen)``.  :class:`Trainer` does everything else
-once for all methods: two-view augmentation on the device, the mini-batch
-order (shuffled, or :class:`~smt.ssl.sampler.ClassBatchSampler`), LARS or
-AdamW with warmup + cosine, mixed precision on CUDA, a checkpoint after every
+``training_loss(view1, view2, gen)``, and optionally its augmentation recipe
+and optimiser groups.  :class:`Trainer` does everything else once for all
+methods: two-view augmentation on the device (the method's recipe), the
+mini-batch order (shuffled, or :class:`~smt.ssl.sampler.ClassBatchSampler`),
+LARS or AdamW with warmup + cosine (per-group rate multiples and gradient
+clips), mixed precision on CUDA, a checkpoint after every
 epoch with exact resume, a time budget (wall-clock or CPU time), the SMT paper's kNN protocol
 (:class:`smt.knn.StreamingKNN`, k 30, T 0.03, on backbone features) every
 ``eval_every`` epochs, and progress bars.
