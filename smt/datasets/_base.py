@@ -66,13 +66,20 @@ def check_not_dir(path: Path) -> None:
 def read_text_lines(path: Path, **open_kw) -> Iterable[str]:
     """Lines of a UTF-8 text file; invalid UTF-8 raises a ``ValueError`` naming the file and line."""
     with open(path, encoding="utf-8", **open_kw) as f:
-        lineno = 0
         try:
-            for lineno, line in enumerate(f, 1):
-                yield line
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path.name}: line {lineno + 1} of {path} is not valid UTF-8 ({e.reason} at byte "
-                             f"{e.start} of its block); the file is damaged or not the official one") from None
+            yield from f
+        except UnicodeDecodeError:
+            pass  # the text is decoded in blocks: find the line from the bytes
+        else:
+            return
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path.name}: line {lineno} of {path} is not valid UTF-8 ({e.reason} at "
+                                 f"byte {e.start} of the line); the file is damaged or not the official one") from None
+    raise ValueError(f"{path.name}: {path} is not valid UTF-8")  # a sequence split across lines
 
 
 class DownloadError(FileNotFoundError, RuntimeError):
@@ -216,7 +223,7 @@ def _download(url: str, dest: Path, md5s: Sequence[str]) -> None:
     try:
         h = hashlib.md5()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp:
-            n = 0
+            n, expected = 0, resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
             while True:
                 block = resp.read1(1 << 20)  # what has arrived: a trickle cannot hold one read open
                 if not block:
@@ -227,6 +234,8 @@ def _download(url: str, dest: Path, md5s: Sequence[str]) -> None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"not complete after the {DOWNLOAD_DEADLINE} s deadline ({n} bytes received; "
                                        f"the server is too slow): try again later or download it by hand")
+            if expected is not None and expected.isdigit() and n != int(expected):
+                raise OSError(f"the connection closed after {n} of the {expected} bytes announced")
         digest = h.hexdigest()
         if md5s and digest not in md5s:
             raise ValueError(f"downloaded file has md5 {digest}, expected {' or '.join(md5s)}")
@@ -294,9 +303,11 @@ def fetch(
         )
 
     failures: list[str] = []
-    # Folders above the data set's own that this call makes are removed again if nothing arrives
-    # (the data set's folder, empty, stays: it is where the file is expected).
-    made = [p for p in folder.parents if not p.exists()]
+    # A tree of folders this call makes is removed again if nothing arrives (a mistyped root leaves
+    # nothing behind); the data set's own folder in an existing root stays, empty: the error says to
+    # put the file there.
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    made = made if len(made) > 1 else []
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
