@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from smt._device import resolve_device
+from smt._validation import DEVICE, Integral, Interval, Real, check_param, check_params
 
 __all__ = ["StreamingKNN", "knn_accuracy"]
 
@@ -68,9 +69,12 @@ def _to_float_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}")
     if t.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    if t.numel() and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
     t = t.to(device=device, dtype=torch.float32)
     if t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise ValueError(f"{name} holds finite values beyond float32's range (+-3.4e38), where the "
+                         f"similarities are computed: rescale it")
     return t
 
 
@@ -88,23 +92,27 @@ def _to_label_tensor(y: Any, name: str, n: int, device: torch.device) -> torch.T
             raise ValueError(f"{name} must be integer class indices")
     elif t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must be integer class indices, got dtype {t.dtype}")
+    if t.numel() and t.is_floating_point() and float(t.abs().max()) >= 2**63:
+        raise ValueError(f"{name} holds a class index beyond int64 ({float(t.abs().max()):g})")
     t = t.to(device=device, dtype=torch.int64)
     if t.numel() and int(t.min()) < 0:
         raise ValueError(f"{name} must be non-negative class indices")
     return t
 
 
-def _check_k_temperature(k: int, temperature: float) -> None:
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if not (temperature > 0 and np.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+_PARAMS = {"k": [Interval(Integral, 1, None, closed="left")],
+           "temperature": [Interval(Real, 0, None, closed="neither")],
+           "device": DEVICE,
+           "query_batch_size": [Interval(Integral, 1, None, closed="left")],
+           "batch_size": [Interval(Integral, 1, None, closed="left")]}
 
 
-def _check_batch_size(value: int, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def _check_k_temperature(k: int, temperature: float, caller: str = "StreamingKNN") -> None:
+    check_params({"k": k, "temperature": temperature}, _PARAMS, caller)
+
+
+def _check_batch_size(value: int, name: str, caller: str = "StreamingKNN") -> int:
+    return int(check_param(name, value, _PARAMS[name], caller))
 
 
 # --------------------------------------------------------------------------- #
@@ -162,6 +170,10 @@ class StreamingKNN:
     n_references : int
         Number of reference embeddings streamed so far; the global index of a
         reference is its position in this stream.
+    classes_ : torch.Tensor of int64
+        The distinct reference labels streamed so far, sorted; :meth:`predict` and
+        :meth:`accuracy` vote over these only, so their memory follows the number of classes
+        present, not the largest label.
     n_classes_seen : int
         ``1 + max`` reference label streamed so far (0 before any update).
 
@@ -180,6 +192,7 @@ class StreamingKNN:
     def __init__(
         self,
         queries: Any,
+        *,
         k: int = 30,
         temperature: float = 0.03,
         device: str | torch.device | None = "auto",
@@ -188,7 +201,7 @@ class StreamingKNN:
         _check_k_temperature(k, temperature)
         self.k = int(k)
         self.temperature = float(temperature)
-        self.device = resolve_device(device)
+        self.device = resolve_device(check_param("device", device, DEVICE, "StreamingKNN"))
         self.query_batch_size = _check_batch_size(query_batch_size, "query_batch_size")
         q = _to_float_tensor(queries, "queries", self.device)
         if q.shape[0] == 0:
@@ -199,6 +212,7 @@ class StreamingKNN:
         self.n_queries, self.n_features = map(int, q.shape)
         self.n_references = 0
         self.n_classes_seen = 0
+        self.classes_ = torch.empty(0, dtype=torch.int64, device=self.device)
         # running top-k, sorted by (similarity desc, global index asc)
         self._keys = torch.empty((self.n_queries, 0), dtype=torch.int64, device=self.device)
         self._labels = torch.empty((self.n_queries, 0), dtype=torch.int64, device=self.device)
@@ -250,6 +264,7 @@ class StreamingKNN:
         self._keys, self._labels = new_keys, new_labels
         self.n_references += m
         self.n_classes_seen = max(self.n_classes_seen, int(labels.max()) + 1)
+        self.classes_ = torch.unique(torch.cat([self.classes_, labels]))
 
     @staticmethod
     def _chunk_topk(
@@ -325,22 +340,34 @@ class StreamingKNN:
                 f"n_classes={n_classes!r} is smaller than 1 + the largest reference label "
                 f"({self.n_classes_seen})"
             )
+        weights, labels = self._vote(k, temperature, stabilize)
+        scores = torch.zeros((self.n_queries, int(n_classes)), dtype=torch.float32, device=self.device)
+        return scores.scatter_add_(1, labels, weights)
+
+    def _vote(self, k, temperature, stabilize):
+        """Vote weights and labels of the first ``k`` neighbours, each (n_queries, k)."""
         k = self.k if k is None else k
         temperature = self.temperature if temperature is None else temperature
-        _check_k_temperature(k, temperature)
+        _check_k_temperature(k, temperature, "StreamingKNN vote")
         if k > self.k:
             raise ValueError(f"k={k} exceeds the {self.k} neighbours this StreamingKNN keeps")
         sims, _ = _decode(self._keys)
         sims, labels = sims[:, :k], self._labels[:, :k]
         if stabilize:
             sims = sims - sims[:, :1]  # column 0 holds the row maximum
-        weights = torch.exp(sims / temperature)
-        scores = torch.zeros((self.n_queries, int(n_classes)), dtype=torch.float32, device=self.device)
-        return scores.scatter_add_(1, labels, weights)
+        return torch.exp(sims / temperature), labels
+
+    def _class_scores(self, classes, k=None, temperature=None):
+        """Stabilised votes for the sorted labels ``classes`` only, (n_queries, len(classes)): sized
+        by the labels present, not by the largest label (one label of 2,000,000 is one column)."""
+        weights, labels = self._vote(k, temperature, stabilize=True)
+        scores = torch.zeros((self.n_queries, len(classes)), dtype=torch.float32, device=self.device)
+        return scores.scatter_add_(1, torch.searchsorted(classes, labels), weights)
 
     def predict(self) -> torch.Tensor:
         """Predicted labels, shape (n_queries,), int64 (ties: lower class index)."""
-        return self.predict_scores(stabilize=True).argmax(dim=1)
+        self._require_references()
+        return self.classes_[self._class_scores(self.classes_).argmax(dim=1)]
 
     def ranked_classes(self, n_classes: int | None = None, **vote) -> torch.Tensor:
         """Classes sorted by decreasing vote, shape (n_queries, n_classes), int64.
@@ -376,11 +403,20 @@ class StreamingKNN:
                 raise ValueError(f"topk entries must be positive integers, got {t!r}")
         self._require_references()
         n_classes = max(self.n_classes_seen, int(y.max()) + 1)
-        ranked = self.ranked_classes(n_classes, **vote)
-        hits = ranked == y[:, None]
+        # The rank of each query's label among classes 0 .. n_classes - 1 in the order of
+        # ranked_classes, counted over the labels present only: a label absent from both the
+        # references and the queries has no vote, so it comes before y only when y has none either
+        # and is smaller (y - col of them do).
+        classes = torch.unique(torch.cat([self.classes_, y]))
+        scores = self._class_scores(classes, **vote)
+        col = torch.searchsorted(classes, y)[:, None]
+        own = scores.gather(1, col)
+        before = torch.arange(len(classes), device=self.device)[None, :] < col
+        rank = (scores > own).sum(1) + ((scores == own) & before).sum(1)
+        rank += torch.where(own[:, 0] == 0, y - col[:, 0], torch.zeros_like(y))
         out = {}
         for t in topk:
-            correct = hits[:, : min(int(t), n_classes)].any(dim=1)
+            correct = rank < min(int(t), n_classes)
             out[f"top{int(t)}"] = 100.0 * float(correct.sum()) / self.n_queries
         return out
 
@@ -442,8 +478,8 @@ def knn_accuracy(
     >>> knn_accuracy(chunks, None, np.array([[1.0, 0.2]]), [0], k=2, device="cpu")["top1"]
     100.0
     """
-    _check_k_temperature(k, temperature)
-    batch_size = _check_batch_size(batch_size, "batch_size")
+    _check_k_temperature(k, temperature, "knn_accuracy")
+    batch_size = _check_batch_size(batch_size, "batch_size", "knn_accuracy")
     knn = StreamingKNN(test, k=k, temperature=temperature, device=device,
                        query_batch_size=query_batch_size)
     # validate test labels before the (possibly long) pass over the references
