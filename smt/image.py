@@ -17,7 +17,7 @@ from smt import distributed
 from smt._device import resolve_device
 from smt._io import ModelFileError, check_kind, from_jsonable, jsonable, load_npz, meta_field, save_npz
 from smt._validation import (DEVICE, PATH, Integral, Interval, Options, Real, StrOptions, as_images,
-                             check_params, to_batch)
+                             check_param, check_params, to_batch)
 from smt.augment import gray_views
 from smt.code_store import CodeStore
 from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code
@@ -303,8 +303,7 @@ class SMT(TransformerMixin, BaseEstimator):
         ------
         Z : ndarray of shape (chunk_size, n_features_out_), float32
         """
-        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        check_param("chunk_size", chunk_size, [Interval(Integral, 1, None, closed="left")], "SMT.fit_transform_chunks")
         for z in self._fit_embed(X, chunk_size):
             yield z.numpy()
 
@@ -382,6 +381,7 @@ class SMT(TransformerMixin, BaseEstimator):
             A tensor (on X's device) when X is a tensor.
         """
         check_is_fitted(self, "components_")
+        self._check_params()
         images = self._check_images(X, reset=False)
         device = resolve_device(self.device)
         z = None
@@ -452,9 +452,9 @@ class SMT(TransformerMixin, BaseEstimator):
         unknown = sorted(set(params) - set(model.get_params()))
         if unknown:
             raise ModelFileError(f"{path}: unknown SMT parameter(s) {', '.join(unknown)}")
-        params = {k: from_jsonable(v) for k, v in params.items() if k not in _CALLER_PARAMS}
-        model.set_params(**params, device="auto" if device is None else device)
         try:
+            params = {k: from_jsonable(v) for k, v in params.items() if k not in _CALLER_PARAMS}
+            model.set_params(**params, device="auto" if device is None else device)
             model._check_params()
             shape = meta_field(meta, "image_shape", list, path)
             if len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
@@ -467,7 +467,7 @@ class SMT(TransformerMixin, BaseEstimator):
             model._check_fitted_arrays()
         except ModelFileError:
             raise
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: not a usable SMT model: {e}") from e
         if "stream" in meta:
             try:

@@ -264,6 +264,23 @@ TOKENIZERS = ("basic_english", "whitespace")
 SOLVERS = ("auto", "dense", "sparse")
 # Up to here the dense generalized solver of the image pipeline is used; above it, ARPACK on the
 # sparse normalised Laplacian (a dense V x V problem at V = 50 000 needs 20 GB).
+def _decoded(lines):
+    """``lines``, with a text file's invalid UTF-8 reported as a ``ValueError`` naming the file and
+    the line reached (a file object decodes as it is iterated, inside the fit)."""
+    it, n = iter(lines), 0
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            name = getattr(lines, "name", None)
+            raise ValueError(f"the corpus{f' {name}' if name else ''} is not valid UTF-8 ({e.reason}, found after "
+                             f"{n} lines were read); open it with its encoding, or with errors='replace'") from None
+        yield line
+        n += 1
+
+
 _DENSE_MAX_WORDS = 2048
 _FORMAT_VERSION = 1
 
@@ -382,7 +399,9 @@ class SMTWordEmbedding(BaseEstimator):
         stats = WindowCooccurrence(self.window, self.weighting)
         if isinstance(X, (str, bytes)):
             raise TypeError("X must be an iterable of lines, got a single string; wrap it in a list")
-        for i, line in enumerate(tqdm(X, desc="co-occurrence", unit=" lines", disable=not self.verbose)):
+        total = len(X) if hasattr(X, "__len__") else None
+        for i, line in enumerate(tqdm(_decoded(X), desc="co-occurrence", unit=" lines", total=total,
+                                      disable=not self.verbose)):
             if isinstance(line, str):
                 tokens = tokenize(line)
                 if isinstance(tokens, str) or not isinstance(tokens, Sequence) or not all(
@@ -517,8 +536,8 @@ class SMTWordEmbedding(BaseEstimator):
         unknown = sorted(set(params) - set(model.get_params()))
         if unknown:
             raise ModelFileError(f"{path}: unknown SMTWordEmbedding parameter(s) {', '.join(unknown)}")
-        model.set_params(**{k: from_jsonable(v) for k, v in params.items()})
         try:
+            model.set_params(**{k: from_jsonable(v) for k, v in params.items()})
             model._check_params()
             for name in ("vocabulary", "counts", "components", "eigenvalues"):
                 if name not in arrays:
@@ -538,7 +557,7 @@ class SMTWordEmbedding(BaseEstimator):
             model.n_dropped_words_ = meta_field(meta, "n_dropped_words", int, path)
         except ModelFileError:
             raise
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: not a usable SMTWordEmbedding model: {e}") from e
         model.vocabulary_ = vocabulary.tolist()
         model.counts_ = arrays["counts"]

@@ -110,6 +110,22 @@ def test_tokenizer_that_returns_the_wrong_thing(tokenizer, returned):
         SMTWordEmbedding(n_components=2, tokenizer=tokenizer).fit(LINES)
 
 
+def test_corpus_file_with_invalid_utf8(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"the cat sat\n" * 3 + b"bad \xff bytes\n")
+    with open(path, encoding="utf-8") as f, pytest.raises(ValueError, match=f"corpus {path} is not valid UTF-8"):
+        SMTWordEmbedding(n_components=2).fit(f)
+
+
+def test_parameters_set_after_fit_are_checked_at_transform(fitted, X):
+    fitted.set_params(batch_size=0)
+    try:
+        with pytest.raises(ValueError, match="batch_size"):
+            fitted.transform(X[:2])
+    finally:
+        fitted.set_params(batch_size=128)
+
+
 def test_tokenizer_returning_a_tuple_is_fine():
     model = SMTWordEmbedding(n_components=2, tokenizer=lambda line: tuple(line.split())).fit(LINES)
     assert "cat" in model.vocabulary_
