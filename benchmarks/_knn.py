@@ -35,6 +35,8 @@ def parser(doc, **defaults):
     ap.add_argument("--code-norm", choices=["l1", "l2"], default=None)
     ap.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                     help="of the encode GEMM (bf16: similarities in bfloat16, compared in float32)")
+    ap.add_argument("--knn-precision", choices=["float32", "bf16"], default="float32",
+                    help="of the kNN's similarity GEMM (bf16: a bf16 screen, the float32 neighbours)")
     ap.add_argument("--n-components", type=int)
     ap.add_argument("--n-skip", type=int, default=1)
     ap.add_argument("--context", help="'image' or a radius in patches")
@@ -113,7 +115,8 @@ def run(args, load, name, paper):
     with meter.stage("embed test"):
         z_test = model.transform(x_test)
     with meter.stage("embed train + kNN"):
-        knn = StreamingKNN(z_test, k=args.k, temperature=args.temperature, device=args.device)
+        knn = StreamingKNN(z_test, k=args.k, temperature=args.temperature, device=args.device,
+                           precision=args.knn_precision)
         del z_test  # the kNN holds its own normalised copy
         knn.update(first, y_train[:chunk])
         del first

@@ -32,6 +32,7 @@ from smt._device import resolve_device  # noqa: E402
 from smt._validation import to_batch  # noqa: E402
 from smt.coding import _similarity_blocks, block_rows, sparse_code, threshold_code  # noqa: E402
 from smt.datasets import load_cifar10, load_mnist  # noqa: E402
+from smt.knn import StreamingKNN  # noqa: E402
 from smt.patches import extract_patches  # noqa: E402
 from smt.spectral import ContextStatistics, solve_embedding  # noqa: E402
 
@@ -76,6 +77,32 @@ def knn_gemm_rates(device, queries=1024, references=5000, dim=55296):
         r = torch.randn(references, dim, device=device, dtype=dtype)
         rates[str(dtype).split(".")[-1]] = 2 * queries * references * dim / _timed(lambda: q @ r.T, device, repeat=2)
     return rates
+
+
+def knn_screen(model, images, n_queries, chunk, device):
+    """The kNN in float32 and with the bf16 screen on real embeddings: seconds, the fraction of
+    similarities the screen sends back to float32, and whether both give the same neighbours."""
+    z = model.transform(images)
+    queries, refs = z[:n_queries], z[n_queries:]
+    labels = np.zeros(len(refs), dtype=np.int64)  # the timing and the neighbours need no classes
+    out = {}
+    for precision in ("float32", "bf16"):
+        def run():
+            knn = StreamingKNN(queries, k=30, device=device, precision=precision)
+            for start in range(0, len(refs), chunk):
+                knn.update(refs[start:start + chunk], labels[start:start + chunk])
+            return knn
+        knn = run()  # compiles the rescoring kernel outside the timing
+        out[precision] = (_timed(run, device, repeat=1), knn)
+    (sec32, f32), (sec16, bf16) = out["float32"], out["bf16"]
+    screened = bf16.n_queries * max(bf16.n_references - chunk, 1)
+    same = bool(torch.equal(f32.neighbors()[2], bf16.neighbors()[2]))
+    print(f"\nkNN on real embeddings ({len(queries)} queries x {len(refs)} references of "
+          f"{z.shape[1]} features, chunks of {chunk}): float32 {sec32:.2f} s, bf16 screen {sec16:.2f} s "
+          f"({sec32 / sec16:.2f}x); rescored {100 * bf16.n_rescored / screened:.2f} % of the screened "
+          f"similarities; neighbours {'identical' if same else 'DIFFER'}")
+    return {"float32_seconds": sec32, "bf16_seconds": sec16,
+            "rescored_fraction": bf16.n_rescored / screened, "same_neighbours": same}
 
 
 def _codes_differ(a, b, k):
@@ -210,6 +237,10 @@ def main(argv=None):
                     help="image counts at which every --n-atoms beyond the first is run")
     ap.add_argument("--flagship-images", type=int, default=1000,
                     help="MNIST images for SMT(random_state=0).fit, every other parameter at its default (0: skip)")
+    ap.add_argument("--knn-queries", type=int, default=1000)
+    ap.add_argument("--knn-references", type=int, default=4000,
+                    help="embedded with the stage table's model; 0: skip the kNN comparison")
+    ap.add_argument("--knn-chunk", type=int, default=1000)
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
     x, _ = load_cifar10(args.data, "train")
@@ -223,6 +254,10 @@ def main(argv=None):
     print(f"kNN similarity GEMM (1024 queries x 5000 references x 55296): float32 {knn['float32'] / 1e9:.1f}, "
           f"bfloat16 {knn['bfloat16'] / 1e9:.1f} GFLOP/s")
     rates["knn_gemm"] = knn
+    if args.knn_references:
+        n_q = args.knn_queries
+        rates["knn_screen"] = knn_screen(model, x[-(n_q + args.knn_references):], n_q,
+                                         args.knn_chunk, device)
     eigen_table(model, device)
     flagship = None
     if args.flagship_images:

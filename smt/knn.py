@@ -38,14 +38,33 @@ import torch
 import torch.nn.functional as F
 
 from smt._device import resolve_device
+
+try:  # pairs read in place, in parallel; torch's gathers otherwise (the same similarities +- 1 ulp)
+    from smt._pair_dots import pair_dots
+except ImportError:  # numba is optional: pip install "sparse-manifold-transform[fast]"
+    pair_dots = None
 from smt._validation import DEVICE, Integral, Interval, Real, check_param, check_params
 
-__all__ = ["StreamingKNN", "knn_accuracy"]
+__all__ = ["PRECISIONS", "StreamingKNN", "knn_accuracy"]
+
+PRECISIONS = ("float32", "bf16")
 
 _EPS = 1e-12
 _MAX_REFERENCES = 2**32  # global indices are packed into the low 32 bits of a key
 _LOW32 = 0xFFFFFFFF
 _INT32_MAGNITUDE = 0x7FFFFFFF
+_NO_KEY = torch.iinfo(torch.int64).min  # pads candidate lists; never enters a full top-k
+# Error bound of the bf16 screen (see StreamingKNN._screen): bfloat16 keeps 8 significant bits,
+# so rounding the GEMM's output moves it by at most 2^-9 of its value (2^-8 leaves a margin).
+_BF16_OUTPUT_ERROR = 2.0**-8
+# float32 accumulation over n terms: lambda * sqrt(n) * u (Higham & Mary, SIAM J. Sci. Comput.
+# 2019); lambda = 10 fails with probability below 1e-21.  Counted twice: once for the bf16 GEMM's
+# float32 accumulator, once for the float32 similarities the screen is compared against.
+_ACCUMULATION_LAMBDA = 2 * 10.0
+_FLOAT32_UNIT = 2.0**-24
+# (query, reference) pairs rescored in float32 at once; bounds the two gathered (pairs, d) blocks.
+_RESCORE_PAIRS = 256
+_BF16_ALIGN = 64  # the screen's GEMM width is padded to a multiple of this
 
 
 # --------------------------------------------------------------------------- #
@@ -137,6 +156,41 @@ def _decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sims, global_idx
 
 
+def _rescore(queries: torch.Tensor, refs: torch.Tensor, rows: torch.Tensor,
+             cols: torch.Tensor) -> torch.Tensor:
+    """float32 similarities ``queries[rows[p]] . refs[cols[p]]``, shape (n_pairs,)."""
+    if pair_dots is not None and queries.device.type == "cpu":
+        return pair_dots(queries, refs, rows, cols)
+    sims = torch.empty(rows.shape[0], dtype=torch.float32, device=queries.device)
+    for p in range(0, rows.shape[0], _RESCORE_PAIRS):
+        sims[p:p + _RESCORE_PAIRS] = torch.einsum(
+            "pd,pd->p", queries[rows[p:p + _RESCORE_PAIRS]], refs[cols[p:p + _RESCORE_PAIRS]])
+    return sims
+
+
+def _bf16_rows(x: torch.Tensor, bias_column: bool = False):
+    """bfloat16 copy of unit rows ``x`` (n, d) with one spare column, their norms and errors.
+
+    Returns the copy, shape (n, d + pad) with ``d + pad`` a multiple of
+    ``_BF16_ALIGN`` and zeros after column ``d - 1`` (column ``d`` holds 1
+    when ``bias_column``), ``|x~|`` and ``|x - x~|`` per row (float32, the
+    latter rounded up by 0.1 % to cover its own float32 evaluation).
+    """
+    n, d = x.shape
+    width = -(-(d + 1) // _BF16_ALIGN) * _BF16_ALIGN
+    out = torch.zeros((n, width), dtype=torch.bfloat16, device=x.device)
+    out[:, :d] = x
+    if bias_column:
+        out[:, d] = 1.0
+    norm = torch.empty(n, dtype=torch.float32, device=x.device)
+    error = torch.empty_like(norm)
+    for start in range(0, n, 1024):  # bounds the float32 temporary
+        rounded = out[start:start + 1024, :d].float()
+        norm[start:start + 1024] = torch.linalg.vector_norm(rounded, dim=1)
+        error[start:start + 1024] = torch.linalg.vector_norm(rounded.sub_(x[start:start + 1024]), dim=1)
+    return out, norm, error.mul_(1.001)
+
+
 # --------------------------------------------------------------------------- #
 # Streaming classifier
 # --------------------------------------------------------------------------- #
@@ -163,6 +217,15 @@ class StreamingKNN:
         "auto" means CUDA when available, else CPU.
     query_batch_size : int, default 1024
         Number of queries compared with a reference chunk at once.
+    precision : {"float32", "bf16"}, default "float32"
+        "bf16" screens each chunk with a bfloat16 GEMM (several times the
+        float32 rate on CPUs with bf16 units and on GPUs) and recomputes in
+        float32 only the similarities that a rigorous bound on the screen's
+        error cannot exclude from the running top-k.  The neighbours and the
+        votes are the float32 ones up to float32 rounding: every kept
+        similarity is the float32 rounding of a float64 dot product of the
+        unit float32 vectors.  Only the first chunk, before every query holds
+        ``k`` neighbours, is compared in float32 throughout.
 
     Attributes
     ----------
@@ -176,6 +239,10 @@ class StreamingKNN:
         present, not the largest label.
     n_classes_seen : int
         ``1 + max`` reference label streamed so far (0 before any update).
+    n_rescored : int
+        (query, reference) similarities the bf16 screen sent back to float32
+        (0 with ``precision="float32"``); ``n_rescored / (n_queries *
+        n_references)`` is the fraction of the float32 work left.
 
     Examples
     --------
@@ -197,22 +264,31 @@ class StreamingKNN:
         temperature: float = 0.03,
         device: str | torch.device | None = "auto",
         query_batch_size: int = 1024,
+        precision: str = "float32",
     ) -> None:
-        _check_k_temperature(k, temperature)
+        _check_k_temperature(k, temperature, "StreamingKNN.predict_scores")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.k = int(k)
         self.temperature = float(temperature)
         self.device = resolve_device(check_param("device", device, DEVICE, "StreamingKNN"))
         self.query_batch_size = _check_batch_size(query_batch_size, "query_batch_size")
+        self.precision = precision
         q = _to_float_tensor(queries, "queries", self.device)
         if q.shape[0] == 0:
             raise ValueError("queries is empty")
         if q.shape[1] == 0:
             raise ValueError("queries has zero features")
         self._queries = F.normalize(q, p=2.0, dim=1, eps=_EPS)
-        self.n_queries, self.n_features = map(int, q.shape)
+        del q
+        self.n_queries, self.n_features = map(int, self._queries.shape)
         self.n_references = 0
         self.n_classes_seen = 0
         self.classes_ = torch.empty(0, dtype=torch.int64, device=self.device)
+        self.n_rescored = 0
+        if precision == "bf16":
+            # Column n_features carries -bf16(k-th similarity) at screening time (see _screen).
+            self._queries_bf16, self._queries_bf16_norm, self._queries_bf16_error = _bf16_rows(self._queries)
         # running top-k, sorted by (similarity desc, global index asc)
         self._keys = torch.empty((self.n_queries, 0), dtype=torch.int64, device=self.device)
         self._labels = torch.empty((self.n_queries, 0), dtype=torch.int64, device=self.device)
@@ -251,11 +327,21 @@ class StreamingKNN:
         new_labels = torch.empty_like(new_keys)
         k_chunk = min(self.k, m)
         refs_t = refs.T
+        # The screen needs every query's k-th similarity as a bar, so it starts once top-k is full.
+        screen = self.precision == "bf16" and k_old == self.k
+        if screen:
+            refs_bf16, refs_bf16_norm, refs_bf16_error = _bf16_rows(refs, bias_column=True)
         for start in range(0, self.n_queries, self.query_batch_size):
             stop = min(start + self.query_batch_size, self.n_queries)
-            sims = self._queries[start:stop] @ refs_t                      # (b, m)
-            cand_keys, cand_labels = self._chunk_topk(sims, global_idx, labels, k_chunk)
-            del sims
+            if screen:
+                cand_keys, cand_labels = self._screen(
+                    start, stop, refs, refs_bf16, refs_bf16_norm, refs_bf16_error, global_idx, labels)
+            else:
+                sims = self._queries[start:stop] @ refs_t                      # (b, m)
+                cand_keys, cand_labels = self._chunk_topk(sims, global_idx, labels, k_chunk)
+                del sims
+                if self.precision == "bf16":
+                    cand_keys = self._rescored_keys(start, stop, refs, cand_keys)
             keys = torch.cat([self._keys[start:stop], cand_keys], dim=1)
             top_keys, pos = torch.topk(keys, k_new, dim=1, largest=True, sorted=True)
             new_keys[start:stop] = top_keys
@@ -265,6 +351,69 @@ class StreamingKNN:
         self.n_references += m
         self.n_classes_seen = max(self.n_classes_seen, int(labels.max()) + 1)
         self.classes_ = torch.unique(torch.cat([self.classes_, labels]))
+
+    def _screen(
+        self, start: int, stop: int, refs: torch.Tensor, refs_bf16: torch.Tensor,
+        refs_bf16_norm: torch.Tensor, refs_bf16_error: torch.Tensor,
+        global_idx: torch.Tensor, labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate keys of queries ``start:stop`` from one chunk, screened in bf16.
+
+        Reference ``j`` can enter query ``i``'s top-k only if its similarity
+        ``s_ij`` reaches the current k-th one, ``L_i``.  With ``q~, r~`` the
+        bfloat16 roundings of the unit vectors ``q, r``,
+        ``s - q~.r~ = (q - q~).r + q~.(r - r~)``, so
+        ``|s - q~.r~| <= |q - q~| + |q~| |r - r~|`` (Cauchy-Schwarz), plus the
+        float32 accumulation and the bf16 rounding of the GEMM's output.  The
+        GEMM computes ``q~.r~ - c_i`` with ``c_i = bf16(L_i)`` in an extra
+        column, so the outputs that decide are near zero and their rounding is
+        tiny.  Every pair that the bound cannot exclude is rescored in float32
+        (a dot product per pair: the candidates are a few per query and chunk).
+
+        Returns keys and labels of shape (stop - start, k), padded with keys
+        that never enter a full top-k.
+        """
+        b = stop - start
+        bar, _ = _decode(self._keys[start:stop, -1])                 # L_i, exact float32
+        c = bar.to(torch.bfloat16)
+        q_bf16 = self._queries_bf16[start:stop].clone()
+        q_bf16[:, self.n_features] = -c
+        out = (q_bf16 @ refs_bf16.T).float()                          # ~ q~.r~ - c_i, (b, m)
+        del q_bf16
+        q_norm = self._queries_bf16_norm[start:stop, None]
+        accumulation = (_ACCUMULATION_LAMBDA * (self.n_features + 1) ** 0.5 * _FLOAT32_UNIT
+                        * (q_norm * refs_bf16_norm.max() + c.float().abs()[:, None]))
+        # s_ij >= L_i  implies  out_ij + error_ij >= L_i - c_i
+        need = (bar - c.float())[:, None] - self._queries_bf16_error[start:stop, None] - accumulation
+        out.add_(out.abs().mul_(_BF16_OUTPUT_ERROR)).add_(q_norm * refs_bf16_error)
+        rows, cols = (out >= need).nonzero(as_tuple=True)  # row-major: each query's pairs together
+        del out
+        sims = _rescore(self._queries[start:stop], refs, rows, cols)
+        self.n_rescored += int(rows.shape[0])
+        counts = torch.bincount(rows, minlength=b)
+        width = max(int(counts.max()) if b else 0, 1)
+        first = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(rows.shape[0], device=self.device) - first[rows]
+        keys = torch.full((b, width), _NO_KEY, dtype=torch.int64, device=self.device)
+        cand_labels = torch.zeros_like(keys)
+        keys[rows, slot] = _encode(sims, global_idx[cols])
+        cand_labels[rows, slot] = labels[cols]
+        if width > self.k:
+            keys, pos = torch.topk(keys, self.k, dim=1, largest=True, sorted=False)
+            cand_labels = torch.gather(cand_labels, 1, pos)
+        return keys, cand_labels
+
+    def _rescored_keys(self, start: int, stop: int, refs: torch.Tensor,
+                       keys: torch.Tensor) -> torch.Tensor:
+        """``keys`` (of this chunk's references) with their similarities rescored like the screen's.
+
+        Every similarity the bf16 path keeps then comes from one arithmetic, so duplicated
+        references tie exactly and the lower index wins, as in float32.
+        """
+        _, idx = _decode(keys)
+        rows = torch.arange(stop - start, device=self.device).repeat_interleave(keys.shape[1])
+        sims = _rescore(self._queries[start:stop], refs, rows, idx.reshape(-1) - self.n_references)
+        return _encode(sims.reshape(keys.shape), idx)
 
     @staticmethod
     def _chunk_topk(
@@ -440,6 +589,7 @@ def knn_accuracy(
     device: str | torch.device | None = "auto",
     batch_size: int = 8192,
     query_batch_size: int = 1024,
+    precision: str = "float32",
 ) -> dict[str, float]:
     """Weighted-kNN top-k accuracy of ``test`` against the reference set ``train``.
 
@@ -461,6 +611,8 @@ def knn_accuracy(
         Reference rows per chunk when ``train`` is an array.
     query_batch_size : int, default 1024
         Test rows compared with a chunk at once.
+    precision : {"float32", "bf16"}, default "float32"
+        See :class:`StreamingKNN`; both give the float32 neighbours.
 
     Returns
     -------
@@ -481,7 +633,7 @@ def knn_accuracy(
     _check_k_temperature(k, temperature, "knn_accuracy")
     batch_size = _check_batch_size(batch_size, "batch_size", "knn_accuracy")
     knn = StreamingKNN(test, k=k, temperature=temperature, device=device,
-                       query_batch_size=query_batch_size)
+                       query_batch_size=query_batch_size, precision=precision)
     # validate test labels before the (possibly long) pass over the references
     _to_label_tensor(test_labels, "test_labels", knn.n_queries, knn.device)
     if _is_array(train):

@@ -24,7 +24,7 @@ def test_knn_cifar_script_with_augmentations(data_root, capsys):
     if not (Path(data_root) / "cifar10").exists():
         pytest.skip("no CIFAR-10 copy")
     import knn_cifar
-    acc = knn_cifar.main(["--data", data_root, *TINY, "--grayscale-aug", "--flips"])
+    acc = knn_cifar.main(["--data", data_root, *TINY, "--grayscale-aug", "--flips", "--knn-precision", "bf16"])
     out = capsys.readouterr().out
     assert "train 600 (with mirrors)" in out and "paper: 83.2" in out
     assert 0 <= acc["top1"] <= 100
@@ -36,13 +36,16 @@ def test_speed_script_prints_every_table(data_root, capsys):
     import speed
     result = speed.main(["--data", data_root, "--stage-images", "16", "--stage-atoms", "64",
                          "--n-images", "40", "80", "--n-atoms", "32", "64", "--atoms-images", "40", "60",
-                         "--flagship-images", "0"])
+                         "--flagship-images", "0", "--knn-queries", "20", "--knn-references", "60",
+                         "--knn-chunk", "20"])
     out = capsys.readouterr().out
     assert "of the float32 matmul rate" in out and "plain scipy.linalg.eigh" in out
     assert "G pair updates/s" in out and "precision='bf16'" in out
     assert 0 < result["encode_fraction"] < 2 and result["pair_rate"] > 0 and result["matmul_flops_bf16"] > 0
     assert result["encode_gemm_fraction"] > 0 and result["statistics_over_encode"] > 0
     assert 0 <= result["bf16_code_difference"] < 0.05
+    assert "bf16 screen" in out and result["knn_screen"]["same_neighbours"]
+    assert 0 <= result["knn_screen"]["rescored_fraction"] <= 1
     # images scale at the first K, atoms at every --atoms-images
     assert [(n, k) for n, k, *_ in result["scaling"]] == [(40, 32), (80, 32), (40, 64), (60, 64)]
     assert all(sec > 0 and gib > 0 for _, _, sec, gib, _ in result["scaling"])

@@ -331,3 +331,96 @@ def test_vote_over_fewer_neighbours_matches_a_smaller_knn():
         wide.predict_scores(k=31)
     with pytest.raises(ValueError, match="temperature"):
         wide.accuracy(labels, temperature=0)
+
+
+# --------------------------------------------------------------------------- #
+# precision="bf16": a bf16 screen, float32 neighbours
+# --------------------------------------------------------------------------- #
+def _streamed(queries, refs, labels, precision, chunk, k=30):
+    knn = StreamingKNN(queries, k=k, device="cpu", precision=precision)
+    for start in range(0, len(refs), chunk):
+        knn.update(refs[start:start + chunk], labels[start:start + chunk])
+    return knn
+
+
+@pytest.fixture(scope="module")
+def digit_embeddings():
+    from sklearn.datasets import load_digits
+
+    from smt import SMT
+    digits = load_digits()
+    x, y = digits.images.astype(np.float32) / 16.0, digits.target
+    z = SMT(patch_size=3, n_atoms=64, n_components=16, context=1, pool_size=3, pool_stride=1,
+            random_state=0).fit_transform(x[:1200])
+    return z, y[:1200]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_bf16_screen_gives_the_float32_neighbours_on_real_embeddings(digit_embeddings, compiled, monkeypatch):
+    import smt.knn as knn_module
+    if not compiled:
+        monkeypatch.setattr(knn_module, "pair_dots", None)
+    elif knn_module.pair_dots is None:
+        pytest.skip("numba is not installed")
+    z, y = digit_embeddings
+    queries, refs, labels = z[:200], z[200:], y[200:]
+    f32 = _streamed(queries, refs, labels, "float32", chunk=100)
+    bf16 = _streamed(queries, refs, labels, "bf16", chunk=100)
+    s32, l32, i32 = f32.neighbors()
+    s16, l16, i16 = bf16.neighbors()
+    assert torch.equal(i32, i16) and torch.equal(l32, l16)
+    torch.testing.assert_close(s16, s32, rtol=0, atol=1e-6)
+    assert torch.equal(f32.predict(), bf16.predict())
+    assert f32.accuracy(y[:200]) == bf16.accuracy(y[:200])
+    # the screen sends back only a small part of the float32 work after the first chunk
+    screened = bf16.n_queries * (bf16.n_references - 100)
+    assert 0 < bf16.n_rescored < 0.2 * screened
+    assert f32.n_rescored == 0
+
+
+def test_bf16_screen_is_exact_when_every_reference_is_within_its_error():
+    # 400 references around one direction, whose similarities to the queries differ by 1e-5 to
+    # 1e-3: far above float32's rounding, far below bf16's.  The screen cannot order them, so it
+    # must send them all back and the neighbours are the exact ones.
+    rng = np.random.default_rng(0)
+    u, v = np.linalg.qr(rng.normal(size=(64, 2)))[0].T
+    steps = rng.permutation(300)  # the order of similarity is not the order of the stream
+    refs = u + (0.01 + 4e-5 * steps)[:, None] * v + 1e-7 * rng.normal(size=(300, 64))
+    refs = np.concatenate([refs, refs[:100]]).astype(np.float32)  # duplicates: ties, lower index first
+    labels = rng.integers(0, 3, 400)
+    queries = (u - rng.uniform(0.3, 0.6, size=(20, 1)) * v).astype(np.float32)
+    exact = (torch.nn.functional.normalize(torch.tensor(queries, dtype=torch.float64), dim=1)
+             @ torch.nn.functional.normalize(torch.tensor(refs, dtype=torch.float64), dim=1).T)
+    top = torch.sort(exact[:, :300], dim=1, descending=True).values
+    assert float((top[:, :10] - top[:, 1:11]).min()) > 1e-6  # the order is well defined
+    f32 = _streamed(queries, refs, labels, "float32", chunk=50, k=10)
+    bf16 = _streamed(queries, refs, labels, "bf16", chunk=50, k=10)
+    assert torch.equal(f32.neighbors()[2], bf16.neighbors()[2])
+    # each duplicate comes right after its original
+    for row in bf16.neighbors()[2].tolist():
+        for pos, j in enumerate(row):
+            if j >= 300:
+                assert pos > 0 and row[pos - 1] == j - 300
+    assert torch.equal(f32.predict(), bf16.predict())
+    assert bf16.n_rescored > 0.5 * 20 * 350
+
+
+def test_bf16_screen_error_bound_holds():
+    from smt.knn import _BF16_OUTPUT_ERROR, _bf16_rows
+    rng = np.random.default_rng(1)
+    q = torch.nn.functional.normalize(torch.tensor(rng.standard_t(2, size=(50, 300)), dtype=torch.float32), dim=1)
+    r = torch.nn.functional.normalize(torch.tensor(rng.standard_t(2, size=(70, 300)), dtype=torch.float32), dim=1)
+    qb, qn, qe = _bf16_rows(q)
+    rb, rn, re = _bf16_rows(r, bias_column=True)
+    assert qb.shape[1] % 64 == 0 and bool((rb[:, 300] == 1).all()) and bool((qb[:, 300:] == 0).all())
+    exact = q.double() @ r.double().T
+    screen = (qb @ rb.T).double() - 1.0  # the bias column adds 1 to every output
+    bound = qe[:, None].double() + qn[:, None].double() * re[None, :].double() + _BF16_OUTPUT_ERROR * (screen + 1).abs()
+    assert bool(((exact - (screen + 1)).abs() <= bound + 1e-6).all())
+
+
+def test_precision_is_checked():
+    with pytest.raises(ValueError, match="precision"):
+        StreamingKNN(np.ones((2, 3)), precision="float16")
+    with pytest.raises(ValueError, match="precision"):
+        knn_accuracy(np.ones((4, 3)), [0, 1, 0, 1], np.ones((2, 3)), [0, 1], precision="int8", device="cpu")
