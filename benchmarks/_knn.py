@@ -53,7 +53,7 @@ def parser(doc, **defaults):
                     help="fit on gray copies too: 'paired' / 'independent' are SMT's grayscale_augmentation "
                          "(colour-only reference set); 'copies' appends them to the training set like "
                          "--flips (fit and kNN reference set). Default variant: paired")
-    ap.add_argument("--flips", action="store_true",
+    ap.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
                     help="fit on train + mirrored train; the mirrors join the kNN reference set")
     ap.add_argument("--k", type=int, default=30)
     ap.add_argument("--temperature", type=float, default=0.03)

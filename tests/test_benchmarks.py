@@ -78,3 +78,30 @@ def test_gpu_script_runs_end_to_end_on_tiny_settings(data_root, tmp_path, capsys
     out = capsys.readouterr().out
     assert "extrapolated" in out and "statistics (encode + counts)" in out
     assert 0 <= result["top1"] <= 100 and result["cifar10_seconds_extrapolated"] > 0
+
+
+def test_gap_ledger_is_complete_and_matches_the_readme():
+    import csv
+    root = Path(__file__).resolve().parents[1]
+    with open(root / "benchmarks" / "ledger.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["key", "paper", "best", "command"]
+    assert [r["key"] for r in rows] == ["mnist", "cifar10", "cifar10_gray", "cifar100", "cifar100_gray"]
+    readme = (root / "README.md").read_text()
+    results = (root / "benchmarks" / "RESULTS.md").read_text()
+    for r in rows:
+        assert 0 < float(r["paper"]) <= 100 and r["command"].startswith("python benchmarks/")
+        line = next(line for line in readme.splitlines() if line.startswith(f"| {r['key']} |"))
+        assert f"| {r['paper']} |" in line and f"`{r['command']}`" in line
+        assert f"`{r['command']}`" in results
+        if r["best"]:
+            assert 0 < float(r["best"]) <= 100 and r["best"] in line
+
+
+def test_knn_cifar_defaults_are_the_best_measured_settings():
+    import knn_cifar  # noqa: F401  (puts _knn on the path)
+    import _knn
+    ap = _knn.parser("", n_atoms=8192, flips=True)
+    assert ap.parse_args([]).flips and not ap.parse_args(["--no-flips"]).flips
+    src = (Path(__file__).resolve().parents[1] / "benchmarks" / "knn_cifar.py").read_text()
+    assert "n_atoms=8192" in src and "n_components=384" in src and "flips=True" in src
