@@ -1,4 +1,5 @@
-"""Data augmentations of the SMT recipes: horizontal mirrors (spec 2.8) and gray copies (spec 2.9).
+"""Data augmentations of the SMT recipes: horizontal mirrors and gray copies (docs/algorithm.md
+§2.8, §2.9).
 
 Mirrors are a data utility: the code lineage fits on the training images plus their mirrors and
 keeps the mirrors (with their labels) in the kNN reference set. Gray copies can be added the same

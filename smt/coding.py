@@ -1,4 +1,4 @@
-"""Sparse codes of whitened unit patches against a dictionary of unit atoms (spec section 4).
+"""Sparse codes of whitened unit patches against a dictionary of unit atoms (docs/algorithm.md §4).
 
 A code is stored as padded lists: ``indices`` (n, m) of active atoms with -1 for "none", and
 ``values`` (n, m) of their coefficients. A dense (n, K) code is never built.

@@ -1,4 +1,4 @@
-"""Window co-occurrence of words: the context statistics of one-hot codes (spec 8.3-8.4).
+"""Window co-occurrence of words: the context statistics of one-hot codes (docs/algorithm.md §8.3-8.4).
 
 For text, the dictionary is the vocabulary and every token's code is one-hot, so the statistics of
 :class:`smt.spectral.ContextStatistics` collapse to word counts ``f`` (G = diag(f)) and a sparse
@@ -28,7 +28,7 @@ class WindowCooccurrence:
     Parameters
     ----------
     window : int, default 5
-        w: tokens at most w positions apart in the same line are neighbours (spec 8.3).
+        w: tokens at most w positions apart in the same line are neighbours (docs/algorithm.md §8.3).
     weighting : {"uniform", "inverse_distance"}, default "uniform"
         Weight of a pair at distance o: 1, or 1/o.
 

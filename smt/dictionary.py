@@ -140,7 +140,7 @@ def incoherent_atoms(candidates, n_atoms, max_coherence, chunk_size=1024):
     """Atoms drawn from a stream of patches under a coherence bound: walk the candidates in order
     and keep one when its cosine to every atom kept before is at most ``max_coherence``.
 
-    The diversity filter of the [A] implementation (spec 3.1, its ``dict_thresh``): plain uniform
+    The diversity filter of the [A] implementation (docs/algorithm.md §3.1, its ``dict_thresh``): plain uniform
     sampling puts most atoms where patches are dense (smooth gradients, edges at few angles),
     which the threshold coder then switches on together; the filter spreads them over the
     sphere, like the greedy seeding of k-means++ but deterministic.

@@ -247,7 +247,7 @@ def _neighbour_codes(indices, values, nonempty, radius, n_views=1):
 
 
 class ContextStatistics:
-    """Streaming sums of the code statistics of the SMT objective (spec 5.1-5.4).
+    """Streaming sums of the code statistics of the SMT objective (docs/algorithm.md §5.1-5.4).
 
     ``G = sum_i a_i a_i^T`` over non-empty patches, and ``M = A D D^T A^T`` for the context
     difference operator D: first order (graph Laplacian of the context graph) or second order
@@ -360,7 +360,7 @@ class ContextStatistics:
 
     def _add_whole_image(self, indices, values, nonempty):
         # First order over the complete graph of an image: m G_img - s s^T; second order is the
-        # same times m / (m - 1)^2 (spec 5.3). The pair term weighs each image's G_img by
+        # same times m / (m - 1)^2 (docs/algorithm.md §5.3). The pair term weighs each image's G_img by
         # w(m) = m (order 1) or m^2 / (m - 1)^2: with w_ref = w(full grid) it is
         # w_ref G_batch + sum_img (w(m_img) - w_ref) G_img. partial_fit added w_ref G_batch, so
         # only images with constant patches need their pairs counted again.
@@ -450,7 +450,7 @@ class ContextStatistics:
 
 
 def solve_embedding(gram, context, n_patches, n_components, n_skip=1, device="cpu"):
-    """Solve ``M p = lambda V_eps p`` for the slowest directions (spec 5.5).
+    """Solve ``M p = lambda V_eps p`` for the slowest directions (docs/algorithm.md §5.5).
 
     Parameters
     ----------
@@ -529,7 +529,7 @@ def _orient(vecs):
 
 
 def solve_sparse_embedding(counts, upper, n_components, n_skip=1, random_state=None):
-    """Solve ``(Deg - C) p = lambda diag(f) p`` for the slowest directions, sparse (spec 8.5).
+    """Solve ``(Deg - C) p = lambda diag(f) p`` for the slowest directions, sparse (docs/algorithm.md §8.5).
 
     The one-hot codes of words make G = diag(f) and M = Deg - C, with C sparse: a dense solve does
     not fit at V = 50 000. The problem is turned into the standard one for
@@ -579,7 +579,7 @@ def solve_sparse_embedding(counts, upper, n_components, n_skip=1, random_state=N
     operator = scipy.sparse.linalg.LinearOperator((len(f), len(f)), matvec=q, dtype=np.float64)
     v0 = check_random_state(random_state).uniform(-1, 1, len(f))
     # Krylov spaces are shift-invariant, so the smallest eigenvalues of Q come as fast as the
-    # largest of c I - Q (spec 8.5): no explicit shift is needed.
+    # largest of c I - Q (docs/algorithm.md §8.5): no explicit shift is needed.
     evals, u = scipy.sparse.linalg.eigsh(operator, k=n_total, which="SA", v0=v0)
     order = np.argsort(evals)
     evals, u = evals[order], u[:, order]

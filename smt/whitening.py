@@ -9,7 +9,7 @@ class Whitening:
     """ZCA whitening ``W = U (Lambda + eps)^(-1/2) U^T`` of the uncentred patch second moment.
 
     Patches are already centred one by one, so the global mean is ~0 and no further mean is
-    subtracted (spec 2.4). PCA and ZCA whitening differ by a rotation, which changes no cosine
+    subtracted (docs/algorithm.md §2.4). PCA and ZCA whitening differ by a rotation, which changes no cosine
     downstream; ZCA keeps whitened patches and atoms viewable as images.
 
     Parameters
