@@ -11,10 +11,11 @@ of training time on the GPU (bf16 autocast, losses in fp32), batch 512, ResNet-1
 | run | what | budget s |
 |---|---|---|
 | simclr | the project's SimCLR (LARS, tau 0.2), reference for CARP | 60 |
+| simclr, --lars-mode scaled | the same with solo-learn's LARS step (``ssl-part2.md`` A1 at GPU size) | 50 |
 | carp | CARP, K 4096, N_B 128, EMA 0.99 | 70 |
 | simclr_adamw | SimCLR of ManifoldCLR's harness (AdamW 3e-3 at batch 512, tau 0.5) | 60 |
 | manifoldclr | ManifoldCLR, the paper's config: M 32, 8 blocks of 64, J 20, zeta 0.01 | 90 |
-| hssl / assl / hssl_unstructured | P4-ResNet-18 width 16 (C4), tau 0.1 | 60 each |
+| hssl / assl / hssl_unstructured | P4-ResNet-18 width 16 (C4), tau 0.1 | 50 each |
 
 480 s of training in all at ``--scale 1`` (plus loading, kNN evaluations every 10 epochs and the
 final one, ~1 min); ``--scale`` multiplies every budget. Each row gets kNN top-1 (k 30, T 0.03) on
@@ -36,12 +37,13 @@ from smt.ssl import train as ssl_train
 
 RUNS = [  # (method, budget seconds, extra argv)
     ("simclr", 60, []),
+    ("simclr", 50, ["--lars-mode", "scaled"]),
     ("carp", 70, ["--carp-k", "4096", "--carp-block", "128", "--carp-ema", "0.99"]),
     ("simclr_adamw", 60, []),
     ("manifoldclr", 90, ["--mclr-operators", "32", "--mclr-block", "64", "--mclr-samples", "20"]),
-    ("hssl", 60, ["--p4-width", "16"]),
-    ("assl", 60, ["--p4-width", "16"]),
-    ("hssl_unstructured", 60, ["--p4-width", "16"]),
+    ("hssl", 50, ["--p4-width", "16"]),
+    ("assl", 50, ["--p4-width", "16"]),
+    ("hssl_unstructured", 50, ["--p4-width", "16"]),
 ]
 
 
@@ -54,12 +56,12 @@ def load(data: Path):
 
 
 def table(rows) -> str:
-    lines = ["| method | device | train s | epochs | steps | kNN top-1 | top-5 | kNN along the way (epoch: top-1) | loss terms (last epoch) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | LARS | device | train s | epochs | steps | kNN top-1 | top-5 | kNN along the way (epoch: top-1) | loss terms (last epoch) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         along = ", ".join(f"{h['epoch']}: {h['top1']:.1f}" for h in r["history"] if h.get("top1") is not None)
         logs = ", ".join(f"{k} {v:.3g}" for k, v in r["history"][-1].get("logs", {}).items())
-        lines.append(f"| {r['args']['method']} | {r['device']} | {r['train_seconds']:.0f} | {r['epochs_done']} | "
+        lines.append(f"| {r['args']['method']} | {r.get('lars_mode') or ''} | {r['device']} | {r['train_seconds']:.0f} | {r['epochs_done']} | "
                      f"{r['steps']} | {r['top1']:.2f} | {r['top5']:.2f} | {along} | {logs} |")
     return "\n".join(lines)
 
@@ -98,8 +100,8 @@ def main(argv=None):
         if args.only and method not in args.only:
             continue
         if args.smoke:  # the same options at toy sizes
-            extra = {"--carp-k": "64", "--carp-block": "16", "--mclr-operators": "4", "--mclr-block": "4",
-                     "--mclr-samples": "2", "--p4-width": "1"}
+            extra = {**dict(zip(extra[::2], extra[1::2])), "--carp-k": "64", "--carp-block": "16",
+                     "--mclr-operators": "4", "--mclr-block": "4", "--mclr-samples": "2", "--p4-width": "1"}
             extra = [t for k, v in extra.items() for t in (k, v)]
         argv_ = ["--method", method, *size, "--epochs", str(args.epochs),
                  "--budget-minutes", str(budget * args.scale / 60), "--eval-every", "10", "--no-progress", *extra]

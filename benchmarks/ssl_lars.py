@@ -24,6 +24,9 @@ def table(rows) -> str:
     for r in rows:
         ls = r["step_losses"]
         n = len(ls)
+        if not n:
+            lines.append(f"| {r['args']['method']} | {r['lars_mode']} | {r.get('diverged', 'no steps')} ||||||")
+            continue
         lines.append(f"| {r['args']['method']} | {r['lars_mode']} | {n} | {ls[0]:.3f} | {ls[n // 4]:.3f} | "
                      f"{ls[n // 2]:.3f} | {sum(ls[-5:]) / len(ls[-5:]):.3f} | {r['top1']:.2f} |")
     return "\n".join(lines)
@@ -73,11 +76,16 @@ def main(argv=None):
         rows = []
         for m in args.methods:
             for mode in args.modes:
-                row = ssl_train.main(["--method", m, "--data", str(args.data), "--n-train", str(args.n_train),
-                                      "--n-test", str(args.n_test), "--epochs", str(args.epochs),
-                                      "--budget-minutes", str(args.budget_minutes), "--eval-every", "0",
-                                      "--lars-mode", mode, "--augment", args.augment,
-                                      *ssl_train.model_argv(args), "--no-progress"])
+                try:
+                    row = ssl_train.main(["--method", m, "--data", str(args.data), "--n-train", str(args.n_train),
+                                          "--n-test", str(args.n_test), "--epochs", str(args.epochs),
+                                          "--budget-minutes", str(args.budget_minutes), "--eval-every", "0",
+                                          "--lars-mode", mode, "--augment", args.augment,
+                                          *ssl_train.model_argv(args), "--no-progress"])
+                except FloatingPointError as e:   # a diverged run is a result too
+                    print(e)
+                    row = {"args": {"method": m}, "lars_mode": mode, "step_losses": [], "top1": float("nan"),
+                           "diverged": str(e)}
                 rows.append(row)
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")

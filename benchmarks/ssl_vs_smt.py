@@ -17,7 +17,7 @@ so methods can be run in separate processes.
 Each deep method trains with its own augmentation recipe (``smt.ssl.augment.RECIPES``: SimCLR
 "simclr", VICReg "vicreg", MSN / PMSN / H-SSL "asymmetric", CARP "carp", ManifoldCLR and its
 same-harness SimCLR "manifoldclr"; ``--augment NAME`` gives every method one recipe) and its own
-optimiser (LARS in the "scaled" form, or AdamW); the table states both. ManifoldCLR is compared with
+optimiser (LARS, by default in part 1's "unscaled" form, or AdamW); the table states both. ManifoldCLR is compared with
 ``simclr_adamw`` (AdamW, temperature 0.5), the SimCLR of its own harness, as the paper did. H-SSL,
 A-SSL and the unstructured control run on the C4-equivariant ResNet-18 (``--p4-width``).
 """

@@ -51,8 +51,11 @@ def test_clipped_lars_clears_the_momentum_when_the_warmup_ends():
     tr._set_lr(0.1)
     assert "momentum_buffer" not in tr.opt.state[p] and tr._warm
     scaled = Trainer(build_method("simclr", width=2, proj_hidden=8),
-                     TrainConfig(epochs=10, batch_size=16, device="cpu", progress=False))
+                     TrainConfig(epochs=10, batch_size=16, lars_mode="scaled", device="cpu", progress=False))
     assert not scaled.opt.defaults["clip_lr"] and scaled.opt.defaults["eta"] == pytest.approx(0.02 / (0.4 * 16 / 256))
+    default = Trainer(build_method("simclr", width=2, proj_hidden=8),
+                      TrainConfig(epochs=10, batch_size=16, device="cpu", progress=False))
+    assert not default.opt.defaults["clip_lr"] and default.opt.defaults["eta"] == 0.02   # unscaled: measured better
 
 
 def test_group_lr_scale_and_gradient_clipping():

@@ -29,7 +29,7 @@ from smt._device import resolve_device
 from smt.knn import StreamingKNN
 
 from .augment import normalize, recipe, to_float
-from .optim import LARS, clip_group_gradients, lars_eta, param_groups, warmup_cosine
+from .optim import DEFAULT_LARS_MODE, LARS, clip_group_gradients, lars_eta, param_groups, warmup_cosine
 from .sampler import ClassBatchSampler
 
 __all__ = ["SSLMethod", "TrainConfig", "Trainer", "mlp", "embed", "ema_update", "cosine_momentum"]
@@ -149,7 +149,7 @@ class TrainConfig:
         tqdm bars.
     lars_mode : {"scaled", "clipped", "unscaled"}, optional
         LARS variant (:func:`~smt.ssl.optim.lars_eta`); default the method's
-        ``hparams`` or ``"scaled"``.
+        ``hparams`` or :data:`~smt.ssl.optim.DEFAULT_LARS_MODE` (``"unscaled"``).
     augment : str, optional
         Augmentation recipe (a key of :data:`~smt.ssl.augment.RECIPES`);
         default the method's ``augment_recipe``.
@@ -228,7 +228,7 @@ class Trainer:
         self.base_lr = hp["lr"] * config.batch_size / 256  # linear scaling rule, as solo-learn
         groups = method.param_groups(hp["weight_decay"])
         if hp["optimizer"] == "lars":
-            eta, clip = lars_eta(hp.get("lars_mode", "scaled"), hp.get("lars_eta", 0.02), self.base_lr)
+            eta, clip = lars_eta(hp.get("lars_mode", DEFAULT_LARS_MODE), hp.get("lars_eta", 0.02), self.base_lr)
             self.opt = LARS(groups, lr=self.base_lr, eta=eta, clip_lr=clip)
         elif hp["optimizer"] == "adamw":
             self.opt = torch.optim.AdamW(groups, lr=self.base_lr)

@@ -32,8 +32,8 @@ Scaled to CIFAR (no official CIFAR config exists; ``ssl-part2.md`` B1):
 * two 32-px views, the ``"carp"`` recipe (the code's two global crops: scale
   0.2-1, blur 1.0 / 0.1, solarisation 0 / 0.2); no local crops;
 * LARS as solo-learn's DINO CIFAR config: lr 0.3 x batch / 256, weight decay
-  1e-6, eta 0.02 (the project's scaled form: the clipped step at the peak),
-  1-D parameters excluded; 10 warmup epochs (capped at 10 % of a run; the
+  1e-6, eta 0.02 (in the project's LARS form, ``--lars-mode``; solo-learn
+  clips), 1-D parameters excluded; 10 warmup epochs (capped at 10 % of a run; the
   ImageNet code uses none) then cosine;
 * the logits are computed in float32 with autocast off (the code runs fp16
   autocast); CPU budgets of ~60 steps need a faster teacher (``ema=(0.95,

@@ -22,7 +22,7 @@ from smt.datasets import load_cifar10, load_cifar100
 from . import METHODS, build_method
 from .augment import RECIPES
 from .base import TrainConfig, Trainer
-from .optim import LARS_MODES
+from .optim import DEFAULT_LARS_MODE, LARS_MODES
 from .sampler import long_tailed_indices
 
 
@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--classes-per-batch", type=int, default=None, help="K of the class batch sampler")
     ap.add_argument("--proj-hidden", type=int, default=None)
     ap.add_argument("--lars-mode", choices=list(LARS_MODES), default=None,
-                    help="LARS variant (default: scaled, the same step as solo-learn's clipped LARS at the peak)")
+                    help="LARS variant (default: unscaled, part 1's form; scaled: solo-learn's step at the peak)")
     ap.add_argument("--augment", choices=sorted(RECIPES), default=None,
                     help="augmentation recipe (default: the method's own)")
     ap.add_argument("--eval-every", type=int, default=10)
@@ -141,7 +141,7 @@ def run(args, data=None) -> dict:
            "epochs_done": trainer.epoch, "steps": trainer.step, "top1": final.get("top1"),
            "top5": final.get("top5"), "history": history, "augment": getattr(trainer.augment, "name", None),
            "optimizer": trainer.hp["optimizer"],
-           "lars_mode": trainer.hp.get("lars_mode", "scaled") if trainer.hp["optimizer"] == "lars" else None,
+           "lars_mode": trainer.hp.get("lars_mode", DEFAULT_LARS_MODE) if trainer.hp["optimizer"] == "lars" else None,
            "step_losses": trainer.step_losses}
     print(f"{args.method}: {trainer.epoch} epochs, {trainer.step} steps, {trainer.train_seconds:.0f} s training "
           f"({args.clock} clock, augment {row['augment']}), kNN top-1 {row['top1']:.2f} top-5 {row['top5']:.2f} (train {len(x)}, test {len(xt)})")
