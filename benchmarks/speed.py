@@ -34,7 +34,8 @@ from smt.coding import _similarity_blocks, block_rows, sparse_code, threshold_co
 from smt.datasets import load_cifar10, load_mnist  # noqa: E402
 from smt.knn import StreamingKNN  # noqa: E402
 from smt.patches import extract_patches  # noqa: E402
-from smt.spectral import ContextStatistics, solve_embedding  # noqa: E402
+from smt.spectral import solve_embedding  # noqa: E402
+from smt.statistics import ContextStatistics  # noqa: E402
 
 
 def _sync(device):

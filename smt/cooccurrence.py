@@ -1,7 +1,7 @@
 """Window co-occurrence of words: the context statistics of one-hot codes (docs/algorithm.md §8.3-8.4).
 
 For text, the dictionary is the vocabulary and every token's code is one-hot, so the statistics of
-:class:`smt.spectral.ContextStatistics` collapse to word counts ``f`` (G = diag(f)) and a sparse
+:class:`smt.statistics.ContextStatistics` collapse to word counts ``f`` (G = diag(f)) and a sparse
 symmetric co-occurrence matrix ``C``. They are sums over lines, so they stream: memory grows with
 the number of distinct words and distinct co-occurring pairs, never with the corpus length.
 """

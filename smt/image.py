@@ -24,7 +24,8 @@ from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code
 from smt.dictionary import OnlineDictionary, incoherent_atoms
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
-from smt.spectral import ContextStatistics, solve_embedding
+from smt.spectral import solve_embedding
+from smt.statistics import ContextStatistics
 from smt.whitening import Whitening
 
 _FORMAT_VERSION = 1

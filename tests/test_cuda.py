@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from smt.spectral import ContextStatistics
+from smt.statistics import ContextStatistics
 
 from conftest import small_smt
 

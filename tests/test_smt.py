@@ -229,7 +229,7 @@ def test_checkpoint_resume_gives_same_model(digits, tmp_path, monkeypatch):
 
     def crash_midway(self, *args):
         # stop after a few statistics batches, as a killed process would
-        from smt.spectral import ContextStatistics
+        from smt.statistics import ContextStatistics
         real = ContextStatistics.partial_fit
 
         def counting(stats, *a, **kw):
@@ -345,7 +345,7 @@ def test_killed_fit_resumes_to_the_same_model(digits, tmp_path):
 import sys, time, numpy as np
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from conftest import small_smt
-from smt.spectral import ContextStatistics
+from smt.statistics import ContextStatistics
 real = ContextStatistics.partial_fit
 def slow(self, *a, **kw):  # a slow statistics pass, so the kill lands in its middle
     time.sleep(0.5)

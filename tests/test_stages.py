@@ -8,7 +8,8 @@ from smt.coding import sparse_code
 from smt.dictionary import OnlineDictionary, incoherent_atoms
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings
-from smt.spectral import ContextStatistics, solve_embedding
+from smt.spectral import solve_embedding
+from smt.statistics import ContextStatistics
 from smt.whitening import Whitening
 
 
@@ -306,6 +307,7 @@ def test_pooling_by_hand():
 def test_torch_solver_matches_scipy(monkeypatch):
     # The Cholesky + torch.linalg.eigh path (CUDA, and CPU above 8192 atoms) solves the same problem.
     import smt.spectral
+    import smt.statistics
     gen = torch.Generator().manual_seed(8)
     idx, val, nonempty = _random_codes(gen, b=6, h=6, w=6, m=3, k=12, p_empty=0.1)
     stats = ContextStatistics(12, 2, 1).partial_fit(idx, val, nonempty)
@@ -321,8 +323,9 @@ def test_torch_solver_matches_scipy(monkeypatch):
 @pytest.mark.parametrize("max_width", [2, 40])  # little padding, and rows of very different widths
 def test_pair_accumulation_matches_dense_outer_products(max_width, path, monkeypatch):
     import smt.spectral
+    import smt.statistics
     if path == "sparse_product_threads":
-        monkeypatch.setattr(smt.spectral, "_MIN_PRODUCT_ROWS", 1)
+        monkeypatch.setattr(smt.statistics, "_MIN_PRODUCT_ROWS", 1)
         monkeypatch.setattr(smt.spectral.torch, "get_num_threads", lambda: 3)
     gen = torch.Generator().manual_seed(9)
     n, k = 300, 11
@@ -340,9 +343,9 @@ def test_pair_accumulation_matches_dense_outer_products(max_width, path, monkeyp
 
     def add(target, k, *codes):
         if path == "dense":
-            smt.spectral._add_dense_pairs([(target, 1.0)], k, *codes)
+            smt.statistics._add_dense_pairs([(target, 1.0)], k, *codes)
         else:
-            smt.spectral._add_pairs(target, k, *codes)
+            smt.statistics._add_pairs(target, k, *codes)
     (ia, va, a), (ib, vb, b) = rows(max_width), rows(max_width + 3)
     target = torch.zeros(k * k, dtype=torch.float64)
     add(target, k, ia, va, ia, va)

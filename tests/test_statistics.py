@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import smt.spectral
-from smt.spectral import ContextStatistics
+import smt.statistics
+from smt.statistics import ContextStatistics
 
 pairs = pytest.importorskip("smt._pairs", reason="the compiled kernel needs numba (the fast extra)")
 
@@ -38,7 +38,7 @@ def _dense(idx, val, k):
 @pytest.fixture
 def kernel_always(monkeypatch):
     """Send every pair count through the compiled kernel, however small."""
-    monkeypatch.setattr(smt.spectral, "_MIN_KERNEL_PAIRS_PER_ENTRY", 0.0)
+    monkeypatch.setattr(smt.statistics, "_MIN_KERNEL_PAIRS_PER_ENTRY", 0.0)
 
 
 @pytest.mark.parametrize("k", [5, 600])  # one tile; three, the last ragged
@@ -49,10 +49,10 @@ def test_kernel_counts_equal_outer_products(k, kernel_always):
     weight = torch.randint(-9, 10, (400,), generator=gen).double()
     a, b = _dense(ia, va, k), _dense(ib, vb, k)
     out = torch.zeros(k * k, dtype=torch.float64)
-    smt.spectral._add_pairs(out, k, ia, va * weight[:, None].float(), ia, va)
+    smt.statistics._add_pairs(out, k, ia, va * weight[:, None].float(), ia, va)
     expected = (a * weight[:, None]).T @ a
     assert torch.equal(out.view(k, k), expected)
-    smt.spectral._add_pairs(out, k, ia, -va, ib, vb)  # asymmetric, repeats in B's rows
+    smt.statistics._add_pairs(out, k, ia, -va, ib, vb)  # asymmetric, repeats in B's rows
     assert torch.equal(out.view(k, k), expected - a.T @ b)
 
 
@@ -62,7 +62,7 @@ def test_kernel_handles_repeats_in_a_symmetric_call(kernel_always):
     idx, val = _codes(200, k, 20, gen, distinct=False)
     a = _dense(idx, val, k)
     out = torch.zeros(k * k, dtype=torch.float64)
-    smt.spectral._add_pairs(out, k, idx, val, idx, val)
+    smt.statistics._add_pairs(out, k, idx, val, idx, val)
     assert torch.equal(out.view(k, k), a.T @ a)
 
 
@@ -70,7 +70,7 @@ def test_kernel_refuses_real_coefficients(kernel_always):
     gen = torch.Generator().manual_seed(2)
     idx, val = _codes(50, 20, 6, gen, binary=False)
     out = np.zeros((20, 20))
-    assert not smt.spectral._add_pair_counts([(out, 1.0)], idx, val, idx, val)
+    assert not smt.statistics._add_pair_counts([(out, 1.0)], idx, val, idx, val)
     assert not out.any()
 
 
@@ -81,23 +81,23 @@ def test_kernel_splits_rows_before_int32_overflows(kernel_always, monkeypatch):
     idx, val = _codes(300, k, 12, gen)
     a = _dense(idx, val, k)
     out = torch.zeros(k * k, dtype=torch.float64)
-    smt.spectral._add_pairs(out, k, idx, val * 97, idx, val)
+    smt.statistics._add_pairs(out, k, idx, val * 97, idx, val)
     assert torch.equal(out.view(k, k), 97 * a.T @ a)
 
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_dense_block_path_equals_sparse_product(binary, monkeypatch):
     """The CUDA path (int8 or float64 dense blocks), run on CPU, against scipy's product."""
-    monkeypatch.setattr(smt.spectral, "_MAX_DENSE_BLOCK", 40 * 37)  # several blocks of 37 rows
+    monkeypatch.setattr(smt.statistics, "_MAX_DENSE_BLOCK", 40 * 37)  # several blocks of 37 rows
     gen = torch.Generator().manual_seed(4)
     k = 37
     ia, va = _codes(300, k, 9, gen, binary=binary)
     ib, vb = _codes(300, k, 14, gen, binary=binary, distinct=False)
     va = va * 3
     dense = torch.zeros(k * k, dtype=torch.float64)
-    smt.spectral._add_dense_pairs([(dense, 1.0)], k, ia, va, ib, vb)
+    smt.statistics._add_dense_pairs([(dense, 1.0)], k, ia, va, ib, vb)
     sparse = np.zeros((k, k))
-    smt.spectral._add_sparse_product([(sparse, 1.0)], ia, va, ib, vb)
+    smt.statistics._add_sparse_product([(sparse, 1.0)], ia, va, ib, vb)
     expected = _dense(ia, va, k).T @ _dense(ib, vb, k)
     if binary:
         assert torch.equal(dense.view(k, k), expected)
@@ -109,12 +109,12 @@ def test_dense_block_path_equals_sparse_product(binary, monkeypatch):
 
 def _statistics(monkeypatch, path, idx, val, nonempty, context, order, n_views, k):
     if path == "kernel":
-        monkeypatch.setattr(smt.spectral, "_MIN_KERNEL_PAIRS_PER_ENTRY", 0.0)
+        monkeypatch.setattr(smt.statistics, "_MIN_KERNEL_PAIRS_PER_ENTRY", 0.0)
     elif path == "sparse_product":
-        monkeypatch.setattr(smt.spectral, "_pairs", None)
+        monkeypatch.setattr(smt.statistics, "_pairs", None)
     elif path == "dense":
-        monkeypatch.setattr(smt.spectral, "_add_pair_counts", lambda *a: False)
-        monkeypatch.setattr(smt.spectral, "_add_sparse_product", lambda outs, *a: smt.spectral._add_dense_pairs(
+        monkeypatch.setattr(smt.statistics, "_add_pair_counts", lambda *a: False)
+        monkeypatch.setattr(smt.statistics, "_add_sparse_product", lambda outs, *a: smt.statistics._add_dense_pairs(
             [(torch.from_numpy(o.reshape(-1)), scale) for o, scale in outs], k, *a))
     stats = ContextStatistics(k, context, order).partial_fit(idx, val, nonempty, n_views=n_views)
     monkeypatch.undo()
