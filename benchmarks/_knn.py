@@ -20,34 +20,59 @@ from smt.augment import add_gray_copies, add_mirrors  # noqa: E402
 from smt.knn import StreamingKNN  # noqa: E402
 
 
+# SMT parameters the benchmark sets itself, or offers under another name
+_OWN = {"random_state": "--seed", "checkpoint_path": "--checkpoint", "grayscale_augmentation": "--grayscale-aug",
+        "verbose": None}
+_HELP = {
+    "context": "'image' or a radius in patches",
+    "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32)",
+    "max_coherence": "start the dictionary from patches with pairwise cosines at most this ([A]: 0.35)",
+}
+
+
+def _value(text):
+    """A command-line value for a parameter whose default gives no type (None, or int | str)."""
+    if text.lower() == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _smt_options(ap):
+    """One option per ``SMT`` parameter, typed and defaulted from ``SMT().get_params()``: a new
+    parameter of the estimator appears here by itself."""
+    for name, default in sorted(SMT().get_params().items()):
+        if name in _OWN:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_HELP.get(name))
+        elif isinstance(default, (int, float)):
+            ap.add_argument(flag, type=type(default), default=default, help=_HELP.get(name))
+        else:
+            ap.add_argument(flag, type=_value, default=default, help=_HELP.get(name))
+
+
+def smt_params(args):
+    """``SMT`` keyword arguments from parsed options."""
+    params = {name: getattr(args, name) for name in SMT().get_params() if name not in _OWN}
+    return {**params, "random_state": args.seed, "checkpoint_path": args.checkpoint, "verbose": True,
+            "grayscale_augmentation": None if args.grayscale_aug == "copies" else args.grayscale_aug}
+
+
 def parser(doc, **defaults):
     """Command-line options of a kNN benchmark; ``defaults`` are the data set's settings."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data root holding the data set folder (default: $SMT_DATA)")
     ap.add_argument("--n-train", type=int, default=None, help="first N training images (default: all)")
     ap.add_argument("--n-test", type=int, default=None, help="first N test images (default: all)")
-    ap.add_argument("--n-atoms", type=int)
-    ap.add_argument("--coding")
-    ap.add_argument("--threshold", type=float, default=0.3)
-    ap.add_argument("--n-nonzero", type=int, default=1)
-    ap.add_argument("--max-active", type=int, default=None)
-    ap.add_argument("--empty-code", choices=["zero", "argmax"], default="zero")
-    ap.add_argument("--code-norm", choices=["l1", "l2"], default=None)
-    ap.add_argument("--precision", choices=["float32", "bf16"], default="float32",
-                    help="of the encode GEMM (bf16: similarities in bfloat16, compared in float32)")
+    _smt_options(ap)
     ap.add_argument("--knn-precision", choices=["float32", "bf16"], default="float32",
                     help="of the kNN's similarity GEMM (bf16: a bf16 screen, the float32 neighbours)")
-    ap.add_argument("--n-components", type=int)
-    ap.add_argument("--n-skip", type=int, default=1)
-    ap.add_argument("--context", help="'image' or a radius in patches")
-    ap.add_argument("--pool-size", type=int, default=4)
-    ap.add_argument("--pool-stride", type=int, default=2)
-    ap.add_argument("--order", type=int, default=1)
-    ap.add_argument("--whiten-eps", type=float, default=1e-3)
-    ap.add_argument("--dict-epochs", type=int, default=1)
-    ap.add_argument("--dict-max-patches", type=int, default=None)
-    ap.add_argument("--max-coherence", type=float, default=None,
-                    help="start the dictionary from patches with pairwise cosines at most this ([A]: 0.35)")
     ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
                     choices=["paired", "independent", "copies"],
                     help="fit on gray copies too: 'paired' / 'independent' are SMT's grayscale_augmentation "
@@ -57,8 +82,6 @@ def parser(doc, **defaults):
                     help="fit on train + mirrored train; the mirrors join the kNN reference set")
     ap.add_argument("--k", type=int, default=30)
     ap.add_argument("--temperature", type=float, default=0.03)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="checkpoint file for the fit (resumes when present)")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
@@ -85,7 +108,6 @@ def run(args, load, name, paper):
     dict
         ``{"top1": ..., "top5": ...}``.
     """
-    context = args.context if args.context == "image" else int(args.context)
     meter = StageMeter()
     with meter.stage("load"):
         x_train, y_train = load(args.data, "train")
@@ -96,16 +118,7 @@ def run(args, load, name, paper):
             x_train, y_train = add_gray_copies(x_train, y_train)
         if args.flips:
             x_train, y_train = add_mirrors(x_train, y_train)
-    model = SMT(patch_size=6, n_atoms=args.n_atoms, coding=args.coding, threshold=args.threshold,
-                n_nonzero=args.n_nonzero, max_active=args.max_active, empty_code=args.empty_code,
-                code_norm=args.code_norm, precision=args.precision, n_components=args.n_components, pool_size=args.pool_size,
-                pool_stride=args.pool_stride,
-                n_skip=args.n_skip, context=context, order=args.order, whiten_eps=args.whiten_eps,
-                dict_epochs=args.dict_epochs, dict_max_patches=args.dict_max_patches,
-                max_coherence=args.max_coherence,
-                grayscale_augmentation=None if args.grayscale_aug == "copies" else args.grayscale_aug,
-                batch_size=args.batch_size, device=args.device,
-                random_state=args.seed, verbose=True, checkpoint_path=args.checkpoint)
+    model = SMT(**smt_params(args))
     chunk = 5000
     # The training embeddings stream through the kNN, never all in memory; they come from the codes
     # the fit computed (every training patch is encoded once).

@@ -105,3 +105,17 @@ def test_knn_cifar_defaults_are_the_best_measured_settings():
     assert ap.parse_args([]).flips and not ap.parse_args(["--no-flips"]).flips
     src = (Path(__file__).resolve().parents[1] / "benchmarks" / "knn_cifar.py").read_text()
     assert "n_atoms=8192" in src and "n_components=384" in src and "flips=True" in src
+
+
+def test_knn_benchmark_offers_every_smt_parameter():
+    import _knn
+
+    from smt import SMT
+    ap = _knn.parser("", n_atoms=128)
+    args = ap.parse_args(["--context", "3", "--max-active", "40", "--whiten-eps", "0.1", "--no-normalize-output"])
+    params = _knn.smt_params(args)
+    assert set(params) == set(SMT().get_params())
+    assert params["context"] == 3 and params["max_active"] == 40 and params["whiten_eps"] == 0.1
+    assert params["n_atoms"] == 128 and params["random_state"] == 0 and params["verbose"]
+    assert ap.parse_args(["--context", "image"]).context == "image"
+    SMT(**params)  # the options build a valid estimator
