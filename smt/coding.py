@@ -13,6 +13,7 @@ except ImportError:  # numba is optional: pip install "sparse-manifold-transform
 CODINGS = ("one_sparse", "top_k", "threshold")
 CODE_NORMS = (None, "l1", "l2")
 PRECISIONS = ("float32", "bf16")
+CODE_VALUES = ("binary", "similarity", "excess")
 EMPTY_CODES = ("zero", "argmax")
 
 # Bound on the (rows x atoms) similarity block held at once: 2**24 floats = 64 MiB on CUDA. On CPU
@@ -23,8 +24,8 @@ _MAX_BLOCK_CPU = 1 << 20
 
 
 def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, max_active=None,
-                empty_code="zero", code_norm=None, empty=None, precision="float32"):
-    """Binary sparse codes from cosine similarities ``S = x @ dictionary.T``.
+                empty_code="zero", code_norm=None, empty=None, precision="float32", code_values="binary"):
+    """Sparse codes from cosine similarities ``S = x @ dictionary.T``.
 
     Parameters
     ----------
@@ -45,7 +46,7 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
         For ``threshold``: a patch with no atom above the threshold gets no code (``zero``) or its
         best atom (``argmax``).
     code_norm : {None, "l1", "l2"}
-        Coefficients are 1 (binary), 1/count or 1/sqrt(count).
+        Coefficients divided by the code's L1 or L2 norm (binary codes: 1/count or 1/sqrt(count)).
     empty : torch.Tensor of shape (n,), bool, optional
         Patches that get no code whatever their similarities (constant patches).
     precision : {"float32", "bf16"}
@@ -53,6 +54,9 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
         accumulation, bfloat16 similarities; 2-3x the float32 rate on CPUs with bf16 units) and
         compares the similarities with the threshold in float32: codes differ from float32's only
         for similarities within bfloat16's rounding (about 0.4 %) of the threshold or of each other.
+    code_values : {"binary", "similarity", "excess"}
+        Coefficient of an active atom: 1, its similarity ``S_k`` (float32, whatever the precision),
+        or ``S_k - threshold`` (``threshold`` coding only), before ``code_norm``.
 
     Returns
     -------
@@ -78,8 +82,13 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if code_values not in CODE_VALUES:
+        raise ValueError(f"code_values must be one of {CODE_VALUES}, got {code_values!r}")
+    if code_values == "excess" and coding != "threshold":
+        raise ValueError(f"code_values='excess' needs coding='threshold', got coding={coding!r}")
     n, k_atoms = x.shape[0], dictionary.shape[0]
     rows = block_rows(k_atoms, x.device)
+    x32, dictionary32 = x.float(), dictionary.float()
     dtype = torch.bfloat16 if precision == "bf16" else torch.promote_types(x.dtype, dictionary.dtype)
     x, dictionary = x.to(dtype), dictionary.to(dtype)
     if coding == "threshold" and empty_code not in EMPTY_CODES:
@@ -102,14 +111,36 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
         indices[empty.reshape(-1)] = -1
         if values is not None:
             values[empty.reshape(-1)] = 0
-    if values is None:
+    if code_values != "binary":
+        values = _similarities_at(x32, dictionary32, indices)
+        if code_values == "excess":
+            values = torch.where(indices >= 0, values - threshold, values)
+    elif values is None:
         values = (indices >= 0).to(torch.float32)
     if code_norm is not None:
         if code_norm not in CODE_NORMS:
             raise ValueError(f"code_norm must be one of {CODE_NORMS}, got {code_norm!r}")
-        count = values.sum(1, keepdim=True).clamp(min=1)
-        values = values / (count if code_norm == "l1" else count.sqrt())
+        # For binary codes both norms are functions of the count: l1 = count, l2 = sqrt(count).
+        if code_norm == "l1":
+            norm = values.abs().sum(1, keepdim=True)
+        else:
+            norm = values.square().sum(1, keepdim=True).sqrt()
+        values = values / torch.where(norm > 0, norm, torch.ones((), device=values.device))
     return indices, values
+
+
+def _similarities_at(x, dictionary, indices, rows=4096):
+    """``x_i . dictionary_j`` for each active ``j`` of ``indices`` (n, m), 0 at the -1 pads.
+
+    Row blocks bound the gathered (rows, m, D) atoms; the work is m D per patch, next to the
+    encode's K D.
+    """
+    values = torch.zeros(indices.shape, dtype=torch.float32, device=x.device)
+    for i in range(0, len(indices), rows):
+        idx = indices[i:i + rows]
+        atoms = dictionary[idx.clamp(min=0)]                     # (rows, m, D)
+        values[i:i + rows] = torch.einsum("nd,nmd->nm", x[i:i + rows], atoms) * (idx >= 0)
+    return values
 
 
 def block_rows(n_atoms, device):

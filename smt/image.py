@@ -20,7 +20,7 @@ from smt._validation import (DEVICE, PATH, Integral, Interval, Options, Real, St
                              check_param, check_params, to_batch)
 from smt.augment import gray_views
 from smt.code_store import CodeStore
-from smt.coding import CODE_NORMS, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code
+from smt.coding import CODE_NORMS, CODE_VALUES, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code
 from smt.dictionary import OnlineDictionary, incoherent_atoms
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
@@ -76,6 +76,11 @@ class SMT(TransformerMixin, BaseEstimator):
         Code of a patch with no atom above the threshold.
     code_norm : {None, "l1", "l2"}, default=None
         Binary codes, or divided by the L1 / L2 norm of the binary code.
+    code_values : {"binary", "similarity", "excess"}, default="binary"
+        Coefficient of an active atom in the statistics and the embedding: 1, the patch-atom
+        cosine, or its excess over ``threshold`` (``coding="threshold"``). Real-valued codes
+        take the statistics' float path (slower than the exact counts of binary codes) and
+        ``fit_transform`` encodes the training images again instead of keeping their codes.
     precision : {"float32", "bf16"}, default="float32"
         Of the encode GEMM (patch-atom similarities). ``"bf16"`` multiplies in bfloat16 and
         compares with the threshold in float32: 2-3x the float32 rate on CPUs with bf16 units, and
@@ -182,6 +187,7 @@ class SMT(TransformerMixin, BaseEstimator):
         "max_active": [Interval(Integral, 1, None, closed="left"), None],
         "empty_code": [StrOptions(set(EMPTY_CODES))],
         "code_norm": [StrOptions({c for c in CODE_NORMS if c is not None}), None],
+        "code_values": [StrOptions(set(CODE_VALUES))],
         "precision": [StrOptions(set(PRECISIONS))],
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "n_skip": [Interval(Integral, 0, None, closed="left")],
@@ -208,7 +214,7 @@ class SMT(TransformerMixin, BaseEstimator):
     }
 
     def __init__(self, patch_size=6, *, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
-                 max_active=None, empty_code="zero", code_norm=None, precision="float32", n_components=384,
+                 max_active=None, empty_code="zero", code_norm=None, code_values="binary", precision="float32", n_components=384,
                  n_skip=1, context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
                  dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4,
                  pool_stride=2, grayscale_augmentation=None, normalize_output=False,
@@ -222,6 +228,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self.max_active = max_active
         self.empty_code = empty_code
         self.code_norm = code_norm
+        self.code_values = code_values
         self.precision = precision
         self.n_components = n_components
         self.n_skip = n_skip
@@ -311,13 +318,14 @@ class SMT(TransformerMixin, BaseEstimator):
     def _fit_embed(self, X, chunk_size):
         """``fit`` with the codes kept, then the embeddings of X in chunks of ``chunk_size`` (CPU tensors)."""
         self._reset()
-        store = CodeStore(self.n_atoms)
+        # The store keeps atoms only: real-valued codes are computed again for the embedding.
+        store = CodeStore(self.n_atoms) if self.code_values == "binary" else None
         try:
             self._fit_stream(X, resumable=True, final=True, store=store)
             device = resolve_device(self.device)
             images = self._check_images(X, reset=False)
             done = 0
-            if store.n_images_ == len(images):
+            if store is not None and store.n_images_ == len(images):
                 parts = (self._embed_codes(atoms, counts, device).cpu()
                          for atoms, counts in self._progress(store, "embed (kept codes)", len(images)))
             else:
@@ -336,7 +344,8 @@ class SMT(TransformerMixin, BaseEstimator):
                         yield out
                         out = None
         finally:
-            store.close()
+            if store is not None:
+                store.close()
 
     def _reset(self):
         """Forget everything a fit learned."""
@@ -733,7 +742,8 @@ class SMT(TransformerMixin, BaseEstimator):
         z = patches.reshape(-1, dim)[keep] @ x  # constant patches get no code: skip their GEMM
         z = z / (z.norm(dim=1, keepdim=True) + 1e-9)
         idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
-                               self.empty_code, self.code_norm, precision=self.precision)
+                               self.empty_code, self.code_norm, precision=self.precision,
+                               code_values=self.code_values)
         self._code_width = idx.shape[1]
         if len(idx) == n * gh * gw:  # no constant patch: the codes are already on the grid
             return idx.view(n, gh, gw, -1), (val.view(n, gh, gw, -1) if values else None)
@@ -755,9 +765,11 @@ class SMT(TransformerMixin, BaseEstimator):
         out = []
         for part in self._code_steps(len(batch), 1, bytes_per_entry=16):
             patches, empty = extract_patches(batch[part], self.patch_size)
-            idx, _ = self._code(patches, empty, self._embedding_cache(device)["phi"], device, values=False)
+            binary = self.code_values == "binary"
+            idx, val = self._code(patches, empty, self._embedding_cache(device)["phi"], device, values=not binary)
             valid = idx >= 0
-            out.append(self._embed_codes(idx[valid].to(torch.int32), valid.sum(-1, dtype=torch.int32), device))
+            out.append(self._embed_codes(idx[valid].to(torch.int32), valid.sum(-1, dtype=torch.int32), device,
+                                         weights=None if binary else val[valid]))
         return torch.cat(out)
 
     def _code_steps(self, n_images, views, bytes_per_entry):
@@ -768,8 +780,8 @@ class SMT(TransformerMixin, BaseEstimator):
         step = max(1, _CODE_BYTES // (views * gh * gw * width * bytes_per_entry))
         return [slice(i, i + step) for i in range(0, n_images, step)]
 
-    def _embed_codes(self, atoms, counts, device):
-        """Embeddings of images from their binary codes.
+    def _embed_codes(self, atoms, counts, device, weights=None):
+        """Embeddings of images from their codes.
 
         Parameters
         ----------
@@ -777,6 +789,8 @@ class SMT(TransformerMixin, BaseEstimator):
             Every patch's active atoms in turn (image, row, column order).
         counts : torch.Tensor of shape (n, H', W'), int32
             Active atoms per patch.
+        weights : torch.Tensor of shape (nnz,), float32, optional
+            The atoms' coefficients (real-valued codes); None for binary codes.
         """
         cache = self._embedding_cache(device)
         n, gh, gw = counts.shape
@@ -785,7 +799,9 @@ class SMT(TransformerMixin, BaseEstimator):
         offsets = torch.cumsum(counts, 0, dtype=index_dtype) - counts
         # Every code's active coefficients are equal (binary, or binary over a per-code count), and
         # beta is L2-normalised next, so an unweighted sum gives the same beta.
-        beta = torch.nn.functional.embedding_bag(atoms.to(device, index_dtype), cache["table"], offsets, mode="sum")
+        beta = torch.nn.functional.embedding_bag(
+            atoms.to(device, index_dtype), cache["table"], offsets, mode="sum",
+            per_sample_weights=None if weights is None else weights.to(device, torch.float32))
         beta = beta / (beta.norm(dim=1, keepdim=True) + 1e-9)
         beta = beta.view(n, gh, gw, -1).permute(0, 3, 1, 2)
         z = pool_embeddings(beta, self.pool_size, self.pool_stride)
@@ -808,6 +824,8 @@ class SMT(TransformerMixin, BaseEstimator):
         check_params(self.get_params(), self._parameter_constraints, type(self).__name__)
         if self.n_nonzero > self.n_atoms:
             raise ValueError(f"SMT: n_nonzero={self.n_nonzero} exceeds n_atoms={self.n_atoms}")
+        if self.code_values == "excess" and self.coding != "threshold":
+            raise ValueError(f"SMT: code_values='excess' needs coding='threshold', got coding={self.coding!r}")
         if self.n_components + self.n_skip > self.n_atoms:
             raise ValueError(f"SMT: n_components + n_skip = {self.n_components + self.n_skip} exceeds "
                              f"n_atoms={self.n_atoms}, the most directions the codes can span")

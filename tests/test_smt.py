@@ -382,3 +382,20 @@ def test_dense_threshold_codes_warn(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a few active atoms of a small dictionary are not "dense"
         small_smt(coding="threshold", threshold=0.4, context="image").fit(X[:200])
+
+
+@pytest.mark.parametrize("code_values", ["similarity", "excess"])
+def test_real_valued_codes_fit_transform_and_determinism(code_values):
+    from sklearn.datasets import load_digits
+    x = load_digits().images[:240] / 16.0
+    params = dict(patch_size=3, n_atoms=48, n_components=6, context=1, pool_size=3, pool_stride=1,
+                  threshold=0.4, random_state=0)
+    binary = SMT(**params).fit_transform(x)
+    model = SMT(code_values=code_values, **params)
+    z = model.fit_transform(x)
+    assert z.shape == binary.shape == (240, model.n_features_out_)
+    np.testing.assert_array_equal(z, model.transform(x))                 # codes encoded again, same result
+    np.testing.assert_array_equal(z, SMT(code_values=code_values, **params).fit_transform(x))  # same seed
+    assert not np.allclose(z, binary)  # the coefficients reach the statistics and the embedding
+    with pytest.raises(ValueError, match="code_values"):
+        SMT(code_values="excess", coding="one_sparse", **{k: v for k, v in params.items()}).fit(x)

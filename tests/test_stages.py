@@ -385,3 +385,26 @@ def test_bf16_similarities_are_compared_in_float32(monkeypatch, rule):
     assert 0 < (f32 != bf16).sum() < 0.01 * f32.sum()
     with pytest.raises(ValueError, match="precision"):
         sparse_code(x, phi, precision="fp8")
+
+
+def test_real_valued_codes_carry_the_similarities():
+    from smt.coding import sparse_code
+    d = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.6, 0.8, 0], [0, 0, 1]]), dim=1)
+    x = torch.nn.functional.normalize(torch.tensor([[1.0, 0.5, 0], [0, 0, 1.0], [0.1, 0.0, -1.0]]), dim=1)
+    s = x @ d.T  # by hand: row 0 -> atoms 0 (0.894) and 1 (0.894); row 1 -> atom 2; row 2 -> none
+    idx, bin_val = sparse_code(x, d, "threshold", 0.5)
+    _, sim = sparse_code(x, d, "threshold", 0.5, code_values="similarity")
+    _, exc = sparse_code(x, d, "threshold", 0.5, code_values="excess")
+    assert idx.tolist() == [[0, 1], [2, -1], [-1, -1]]
+    want = torch.where(idx >= 0, s.gather(1, idx.clamp(min=0)), torch.zeros(()))
+    torch.testing.assert_close(sim, want)
+    torch.testing.assert_close(exc, torch.where(idx >= 0, want - 0.5, torch.zeros(())))
+    assert torch.equal(bin_val, (idx >= 0).float())
+    _, l1 = sparse_code(x, d, "threshold", 0.5, code_norm="l1", code_values="similarity")
+    torch.testing.assert_close(l1[0], want[0] / want[0].sum())
+    _, bf16 = sparse_code(x, d, "threshold", 0.5, code_values="similarity", precision="bf16")
+    torch.testing.assert_close(bf16, want)  # the coefficients are float32 similarities
+    with pytest.raises(ValueError, match="code_values"):
+        sparse_code(x, d, "one_sparse", code_values="excess")
+    with pytest.raises(ValueError, match="code_values"):
+        sparse_code(x, d, "threshold", 0.5, code_values="cosine")
