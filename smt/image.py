@@ -97,6 +97,11 @@ class SMT(TransformerMixin, BaseEstimator):
     order : {1, 2}, default=1
         Difference operator: first order (neighbours alike) or second order (each patch like the
         mean of its neighbours).
+    image_context_weight : float, default=0.0
+        With a radius ``context``: add the whole-image context's M times this weight, mixing a
+        local and a global context (docs/algorithm.md §5.2). The whole image gives each patch
+        m - 1 neighbours against the window's (2r + 1)^2 - 1 (728 and 48 on CIFAR at r 3), so
+        weights near their ratio (0.07) balance the two. Ignored with ``context="image"``.
     whiten_eps : float, default=1e-3
         Added to the covariance eigenvalues (pixels in [0, 1]).
     dict_epochs : int, default=1
@@ -193,6 +198,7 @@ class SMT(TransformerMixin, BaseEstimator):
         "n_skip": [Interval(Integral, 0, None, closed="left")],
         "context": [StrOptions({"image"}), Interval(Integral, 1, None, closed="left")],
         "order": [Options(Integral, {1, 2})],
+        "image_context_weight": [Interval(Real, 0, None, closed="left")],
         "whiten_eps": [Interval(Real, 0, None, closed="neither")],
         "dict_epochs": [Interval(Integral, 0, None, closed="left")],
         "dict_batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -215,7 +221,7 @@ class SMT(TransformerMixin, BaseEstimator):
 
     def __init__(self, patch_size=6, *, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
                  max_active=None, empty_code="zero", code_norm=None, code_values="binary", precision="float32", n_components=384,
-                 n_skip=1, context="image", order=1, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
+                 n_skip=1, context="image", order=1, image_context_weight=0.0, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
                  dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4,
                  pool_stride=2, grayscale_augmentation=None, normalize_output=False,
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
@@ -234,6 +240,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self.n_skip = n_skip
         self.context = context
         self.order = order
+        self.image_context_weight = image_context_weight
         self.whiten_eps = whiten_eps
         self.dict_epochs = dict_epochs
         self.dict_batch_size = dict_batch_size
@@ -487,7 +494,7 @@ class SMT(TransformerMixin, BaseEstimator):
                     if np.size(state[key]) != size:
                         raise ValueError(f"stats.{key} holds {np.size(state[key])} values, n_atoms={k} gives {size}")
                 stats = ContextStatistics(model.n_atoms, model._context_radius(), model.order,
-                                          resolve_device(model.device))
+                                          resolve_device(model.device), model.image_context_weight)
                 model._stats = stats.set_state(state)
                 front = arrays.get("stream.front")
                 stream = meta_field(meta, "stream", dict, path)
@@ -587,7 +594,8 @@ class SMT(TransformerMixin, BaseEstimator):
     def _new_stages(self, device):
         return {"whitening": Whitening(self.whiten_eps),
                 "dictionary": OnlineDictionary(self.n_atoms, self.dict_batch_size, self.dict_lr),
-                "stats": ContextStatistics(self.n_atoms, self._context_radius(), self.order, device),
+                "stats": ContextStatistics(self.n_atoms, self._context_radius(), self.order, device,
+                                           self.image_context_weight),
                 "sample": {}}
 
     def _fit_front_end(self, front, run, stages, images, device):
@@ -999,7 +1007,8 @@ class SMT(TransformerMixin, BaseEstimator):
         if run["phase"] in ("statistics", "done"):
             run.update(phase="statistics", batch=run["batch"] if run["phase"] == "statistics" else 0)
             if meta["run"]["phase"] == "done":
-                stages["stats"] = ContextStatistics(self.n_atoms, self._context_radius(), self.order, device)
+                stages["stats"] = ContextStatistics(self.n_atoms, self._context_radius(), self.order,
+                                                    device, self.image_context_weight)
         return run, stages
 
     def _model_params(self):

@@ -257,6 +257,10 @@ class ContextStatistics:
         <= r on the patch grid.
     order : {1, 2}
     device : torch.device
+    image_weight : float, default=0.0
+        With a window ``context``: add this times the whole-image M (same order), so that M mixes
+        a local and a global context. The whole-image Laplacian has degree m - 1 per patch
+        against (2r + 1)^2 - 1 for the window (728 against 48 on CIFAR at r 3): weigh accordingly.
 
     Attributes
     ----------
@@ -271,11 +275,12 @@ class ContextStatistics:
     n_images_ : int
     """
 
-    def __init__(self, n_atoms, context="image", order=1, device="cpu"):
+    def __init__(self, n_atoms, context="image", order=1, device="cpu", image_weight=0.0):
         self.n_atoms = n_atoms
         self.context = context
         self.order = order
         self.device = device
+        self.image_weight = image_weight
 
     def _init(self):
         k = self.n_atoms
@@ -325,25 +330,27 @@ class ContextStatistics:
         nodes = nonempty.reshape(-1)
         scenes = b // n_views
         node_i, node_v = flat_i[nodes], flat_v[nodes]
-        if self.context == "image":
+        # Weight of the whole-image M: 1 for the whole-image context, image_weight beside a window.
+        whole = 1.0 if self.context == "image" else float(self.image_weight)
+        if whole:
             # The whole-image context's pair term is w_ref G of the batch (see _add_whole_image):
             # it is added to M as G's pairs are counted.
             _add_pairs(self._gram, k, node_i, node_v, node_i, node_v,
-                       also=(self._context, _whole_image_weight(n_views * h * w, self.order)))
+                       also=(self._context, whole * _whole_image_weight(n_views * h * w, self.order)))
         else:
             _add_pairs(self._gram, k, node_i, node_v, node_i, node_v)
         used = node_i[node_i >= 0]
         self.usage_ += torch.bincount(used, minlength=k).to(torch.float64)
         self.n_patches_ += int(nodes.sum())
         self.n_images_ += b
-        if self.context == "image":
+        if whole:
             # Position plays no part in a whole-image context: a scene's views stacked along the
             # height are one image.
             def stack(t):
                 return t.reshape(n_views, scenes, h, w, *t.shape[3:]).transpose(0, 1).reshape(
                     scenes, n_views * h, w, *t.shape[3:])
-            self._add_whole_image(stack(indices), stack(values), stack(nonempty))
-        else:
+            self._add_whole_image(stack(indices), stack(values), stack(nonempty), whole)
+        if self.context != "image":
             # Neighbour lists cost V (2r+1)^2 * m per patch: walk the batch in slices of scenes.
             per_scene = n_views * h * w * (n_views * (2 * self.context + 1) ** 2 - 1) * m
             step = max(1, (_MAX_PAIRS // 4) // per_scene)
@@ -354,7 +361,7 @@ class ContextStatistics:
                 self._add_window(part(indices, i), part(values, i), part(nonempty, i), n_views)
         return self
 
-    def _add_whole_image(self, indices, values, nonempty):
+    def _add_whole_image(self, indices, values, nonempty, weight=1.0):
         # First order over the complete graph of an image: m G_img - s s^T; second order is the
         # same times m / (m - 1)^2 (docs/algorithm.md §5.3). The pair term weighs each image's G_img by
         # w(m) = m (order 1) or m^2 / (m - 1)^2: with w_ref = w(full grid) it is
@@ -371,12 +378,12 @@ class ContextStatistics:
         flat_i = indices.reshape(b, -1, mm)
         flat_v = values.reshape(b, -1, mm).to(torch.float64)
         node = nonempty.reshape(b, -1) & (m_img != h * w)[:, None]
-        weighted = flat_v * (scale * m_img - w_ref)[:, None, None]
+        weighted = flat_v * (weight * (scale * m_img - w_ref))[:, None, None]
         node_i = flat_i[node]
         _add_pairs(self._context, k, node_i, weighted[node], node_i, flat_v[node])
         sums = torch.zeros(b, k + 1, dtype=torch.float64, device=indices.device)
         sums.scatter_add_(1, (flat_i.where(flat_i >= 0, k)).reshape(b, -1), flat_v.reshape(b, -1))
-        self._subtract_outer(sums[:, :k] * scale.sqrt()[:, None])
+        self._subtract_outer(sums[:, :k] * (weight * scale).sqrt()[:, None])
 
     def _add_whole_image_counts(self, csr, nonempty, n_views):
         """The first-order whole-image statistics of codes whose every row holds one integer

@@ -399,3 +399,22 @@ def test_real_valued_codes_fit_transform_and_determinism(code_values):
     assert not np.allclose(z, binary)  # the coefficients reach the statistics and the embedding
     with pytest.raises(ValueError, match="code_values"):
         SMT(code_values="excess", coding="one_sparse", **{k: v for k, v in params.items()}).fit(x)
+
+
+def test_mixed_window_and_whole_image_context():
+    from sklearn.datasets import load_digits
+    x = load_digits().images[:200] / 16.0
+    params = dict(patch_size=3, n_atoms=40, n_components=5, pool_size=3, pool_stride=1, threshold=0.4,
+                  random_state=0)
+    window = SMT(context=1, **params).fit(x)
+    mixed = SMT(context=1, image_context_weight=0.1, **params).fit(x)
+    again = SMT(context=1, image_context_weight=0.1, **params).fit(x)
+    np.testing.assert_array_equal(mixed.transform(x), again.transform(x))
+    assert mixed.transform(x).shape == window.transform(x).shape
+    assert not np.allclose(mixed.components_, window.components_)
+    # the whole-image context has nothing to mix with
+    image = SMT(context="image", **params).fit(x)
+    np.testing.assert_array_equal(SMT(context="image", image_context_weight=0.1, **params).fit(x).components_,
+                                  image.components_)
+    with pytest.raises(ValueError, match="image_context_weight"):
+        SMT(context=1, image_context_weight=-1.0, **params).fit(x)

@@ -190,3 +190,22 @@ def test_kernel_and_sparse_product_statistics_are_identical(context, monkeypatch
     assert torch.equal(fast.gram_, slow.gram_)
     assert torch.equal(fast.context_, slow.context_)
     assert torch.equal(fast.usage_, slow.usage_)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("binary", [True, False])
+def test_window_plus_weighted_whole_image_is_the_sum_of_both(order, binary):
+    gen = torch.Generator().manual_seed(5)
+    k, b, h, w = 23, 6, 5, 4
+    idx, val = _codes(b * h * w, k, 4, gen, binary=binary)
+    idx, val = idx.view(b, h, w, 4), val.view(b, h, w, 4)
+    nonempty = torch.rand(b, h, w, generator=gen) > 0.15  # constant patches in some images
+    idx[~nonempty], val[~nonempty] = -1, 0  # which have no code
+    window = ContextStatistics(k, 1, order).partial_fit(idx, val, nonempty)
+    image = ContextStatistics(k, "image", order).partial_fit(idx, val, nonempty)
+    mixed = ContextStatistics(k, 1, order, image_weight=0.25).partial_fit(idx, val, nonempty)
+    torch.testing.assert_close(mixed.gram_, window.gram_, rtol=0, atol=0)
+    torch.testing.assert_close(mixed.context_, window.context_ + 0.25 * image.context_, rtol=1e-12, atol=1e-10)
+    assert mixed.n_patches_ == window.n_patches_ == int(nonempty.sum())
+    zero = ContextStatistics(k, 1, order, image_weight=0.0).partial_fit(idx, val, nonempty)
+    torch.testing.assert_close(zero.context_, window.context_, rtol=0, atol=0)
