@@ -139,7 +139,9 @@ class WindowCooccurrence:
             self._counts = np.concatenate([self._counts, np.zeros(n_ids - len(self._counts), np.int64)])
         self._counts += np.bincount(ids, minlength=n_ids)
         keys, vals = [], []
-        for o in range(1, self.window + 1):
+        # No pair is further apart than the longest buffered line: a wider window adds nothing.
+        reach = min(self.window, int(np.bincount(lines - lines.min()).max()) - 1)
+        for o in range(1, reach + 1):
             same = lines[o:] == lines[:-o]
             a, b = ids[:-o][same], ids[o:][same]
             keys.append(np.minimum(a, b) << 32 | np.maximum(a, b))

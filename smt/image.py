@@ -198,12 +198,16 @@ class SMT(TransformerMixin, BaseEstimator):
         "n_skip": [Interval(Integral, 0, None, closed="left")],
         "context": [StrOptions({"image"}), Interval(Integral, 1, None, closed="left")],
         "order": [Options(Integral, {1, 2})],
-        "image_context_weight": [Interval(Real, 0, None, closed="left")],
-        "whiten_eps": [Interval(Real, 0, None, closed="neither")],
+        # Beyond 1e6 the window's part of M is below float64's resolution of the sum (and 1e308 overflows).
+        "image_context_weight": [Interval(Real, 0, 1e6, closed="both")],
+        # Beyond 1e6 the whitening is the identity over sqrt(eps) to 1e-6 (the codes do not change),
+        # and float32 loses the patches once eps passes 1e76.
+        "whiten_eps": [Interval(Real, 0, 1e6, closed="right")],
         "dict_epochs": [Interval(Integral, 0, None, closed="left")],
         "dict_batch_size": [Interval(Integral, 1, None, closed="left")],
-        # 0 would leave the sampled atoms where they are: that is dict_epochs=0.
-        "dict_lr": [Interval(Real, 0, None, closed="neither")],
+        # 0 would leave the sampled atoms where they are: that is dict_epochs=0. Beyond 1e6 an
+        # atom steps to its mean residual's direction whatever the value (float32 overflows ~1e35).
+        "dict_lr": [Interval(Real, 0, 1e6, closed="right")],
         "dict_max_patches": [Interval(Integral, 1, None, closed="left"), None],
         "max_coherence": [Interval(Real, -1, 1, closed="left"), None],
         "front_end_images": [Interval(Integral, 1, None, closed="left")],
@@ -846,7 +850,7 @@ class SMT(TransformerMixin, BaseEstimator):
                 raise ValueError(f"grayscale_augmentation needs RGB images (3 channels), got {c} channel(s)")
             p = self.patch_size
             if h < p or w < p:
-                raise ValueError(f"images of {h}x{w} are smaller than a {p}x{p} patch")
+                raise ValueError(f"images of {h}x{w} are smaller than a {p}x{p} patch; lower patch_size")
             gh, gw = patch_grid_shape(h, w, p)
             if gh < self.pool_size or gw < self.pool_size:
                 raise ValueError(

@@ -18,7 +18,7 @@ from conftest import small_smt
 SMT_BAD = {
     "patch_size": ("6", 0), "n_atoms": (32.0, 0), "coding": (1, "sparse"), "threshold": ("0.3", 1.5),
     "n_nonzero": (1.5, 0), "max_active": ("3", 0), "empty_code": (0, "none"), "code_norm": (2, "l3"),
-    "precision": (32, "float16"), "n_components": (6.0, 0), "n_skip": (None, -1), "context": (1.5, 0),
+    "code_values": (1, "weights"), "image_context_weight": ("0.1", -0.5), "precision": (32, "float16"), "n_components": (6.0, 0), "n_skip": (None, -1), "context": (1.5, 0),
     "order": ("1", 3), "whiten_eps": (None, 0.0), "dict_epochs": (1.0, -1), "dict_batch_size": ("512", 0),
     "dict_lr": ("0.1", -0.1), "dict_max_patches": (1e3, 0), "max_coherence": ("0.35", 1.0),
     "front_end_images": (1e4, 0), "pool_size": (2.5, 0), "pool_stride": (None, 0),
@@ -156,6 +156,21 @@ def test_context_radius_beyond_the_grid_is_clamped(digits):
     np.testing.assert_array_equal(huge.components_, reach.components_)
     np.testing.assert_array_equal(huge.transform(X[:5]), reach.transform(X[:5]))
     assert huge.context == 10 ** 6  # the parameter itself is left as given
+
+
+@pytest.mark.parametrize("name, value", [("whiten_eps", 1e300), ("dict_lr", 1e300), ("dict_lr", 2 ** 70),
+                                         ("image_context_weight", 1e308), ("threshold", -1.01)])
+def test_values_that_would_overflow_or_degenerate(digits, name, value):
+    with pytest.raises(ValueError, match=rf"{name} must be"):
+        small_smt(**{name: value}).fit(digits[0][:40])
+
+
+def test_word_window_beyond_the_longest_line_is_clamped():
+    tic = time.perf_counter()
+    huge = SMTWordEmbedding(n_components=2, tokenizer="whitespace", window=2 ** 70).fit(LINES)
+    assert time.perf_counter() - tic < 5
+    reach = SMTWordEmbedding(n_components=2, tokenizer="whitespace", window=5).fit(LINES)
+    np.testing.assert_array_equal(huge.embedding_, reach.embedding_)
 
 
 @pytest.mark.parametrize("name, value", [("patch_size", 4), ("n_atoms", 48), ("n_components", 4),
