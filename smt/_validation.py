@@ -104,6 +104,8 @@ def as_images(X):
     if isinstance(X, (list, tuple)):
         X = _stack_list(X)
     if isinstance(X, torch.Tensor):
+        if X.is_meta:
+            raise ValueError("images on torch's meta device hold no pixels: pass a tensor with data")
         X = X.detach()  # no autograd graph through the fit (and numpy() works on the pixels)
     else:
         X = np.asarray(X)
@@ -111,6 +113,9 @@ def as_images(X):
             raise ValueError("Complex data not supported: images must be uint8 or float")
         if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
             raise ValueError(f"images must be numeric (uint8 or float), got dtype {X.dtype}")
+        if X.dtype.kind == "f" and X.dtype.itemsize > 8:
+            raise ValueError(f"images of dtype {X.dtype} are not supported (torch has no such type); "
+                             f"convert them with X.astype(np.float64)")
     dtype_name = str(X.dtype).replace("torch.", "")
     if X.ndim == 2:
         raise ValueError(

@@ -89,6 +89,13 @@ def test_knn_values_beyond_float32(bad, words):
         knn.update(x, [0, 1, 2])
 
 
+def test_images_torch_cannot_hold(fitted):
+    with pytest.raises(ValueError, match="meta device"):
+        fitted.transform(torch.empty((2, 8, 8), device="meta"))
+    with pytest.raises(ValueError, match="float128|longdouble"):
+        fitted.transform(np.zeros((2, 8, 8), dtype=np.longdouble))
+
+
 def test_knn_labels_beyond_int64():
     knn = StreamingKNN(np.eye(3), device="cpu")
     with pytest.raises(ValueError, match="beyond int64"):
