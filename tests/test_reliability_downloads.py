@@ -3,6 +3,7 @@ where a data file should be are named (issue 18, items 4 and 5). A local HTTP se
 for the mirrors: no test touches the network."""
 import hashlib
 import http.server
+import socket
 import threading
 import time
 
@@ -35,13 +36,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(PAYLOAD[::-1])
             elif mode == "short":  # closes after half of what it announced
                 self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)
             elif mode == "trickle":  # a byte every 50 ms: no read ever times out
                 for b in PAYLOAD:
                     self.wfile.write(bytes([b]))
                     self.wfile.flush()
                     time.sleep(0.05)
             elif mode == "stall":  # headers, then silence
-                time.sleep(3)
+                time.sleep(4)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -59,8 +62,8 @@ def server():
 
 @pytest.fixture(autouse=True)
 def short_limits(monkeypatch):
-    monkeypatch.setattr(base, "DOWNLOAD_TIMEOUT", 0.5)
-    monkeypatch.setattr(base, "DOWNLOAD_DEADLINE", 1.0)
+    monkeypatch.setattr(base, "DOWNLOAD_TIMEOUT", 1.0)
+    monkeypatch.setattr(base, "DOWNLOAD_DEADLINE", 1.5)
 
 
 def _leftovers(root):
@@ -84,7 +87,7 @@ def test_failed_download_is_bounded_and_leaves_nothing(server, tmp_path, mode, w
     tic = time.perf_counter()
     with pytest.raises(DownloadError) as e:
         fetch("f.bin", root, server + mode + "/", MD5)
-    assert time.perf_counter() - tic < 2.5  # deadline 1 s, plus at most one read timeout
+    assert time.perf_counter() - tic < 4  # deadline 1.5 s, plus at most one read timeout
     msg = str(e.value)
     assert "f.bin" in msg and server + mode + "/f.bin" in msg
     for w in words:
@@ -98,14 +101,13 @@ def test_mirror_fallback_after_a_trickle(server, tmp_path):
 
 
 def test_connection_refused_is_quick(tmp_path):
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     tic = time.perf_counter()
     with pytest.raises(DownloadError, match="refused"):
         fetch("f.bin", tmp_path / "x" / "y", f"http://127.0.0.1:{port}/", MD5)
-    assert time.perf_counter() - tic < 2.5 and _leftovers(tmp_path) == []
+    assert time.perf_counter() - tic < 4 and _leftovers(tmp_path) == []
 
 
 def test_loader_download_leaves_existing_root_clean(server, tmp_path, monkeypatch):
