@@ -34,7 +34,8 @@ METHODS = {"simclr": SimCLR, "vicreg": VICReg, "msn": MSN, "pmsn": PMSN, "carp":
            "simclr_adamw": SimCLRAdamW, "manifoldclr": ManifoldCLR, "hssl": HSSL, "assl": HSSL,
            "hssl_unstructured": HSSL}
 
-__all__ = ["METHODS", "SimCLR", "SimCLRAdamW", "VICReg", "MSN", "PMSN", "CARP", "ManifoldCLR", "HSSL", "ResNet18", "P4ResNet18", "ViT",
+__all__ = ["METHODS", "SimCLR", "SimCLRAdamW", "VICReg", "MSN", "PMSN", "CARP", "ManifoldCLR", "HSSL",
+           "ResNet18", "P4ResNet18", "ViT",
            "vit_tiny", "SSLMethod", "TrainConfig", "Trainer", "ClassBatchSampler", "long_tailed_indices",
            "build_method"]
 

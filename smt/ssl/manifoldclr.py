@@ -1,4 +1,4 @@
-"""ManifoldCLR (Fallah, Helbling, Johnsen & Rozell, TMLR 2024): contrastive learning with learned Lie-group feature augmentations.
+"""ManifoldCLR (Fallah, Helbling, Johnsen & Rozell, TMLR 2024): contrastive learning, learned Lie-group feature augmentation.
 
 A dictionary of ``M`` Lie-group generators ``Psi_m`` (block-diagonal: ``S``
 blocks of ``d x d``) models how the backbone features of one view turn into

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-__all__ = ["LARS", "LARS_MODES", "DEFAULT_LARS_MODE", "lars_eta", "warmup_cosine", "param_groups", "clip_group_gradients"]
+__all__ = ["LARS", "LARS_MODES", "DEFAULT_LARS_MODE", "lars_eta", "warmup_cosine", "param_groups",
+           "clip_group_gradients"]
 
 LARS_MODES = ("scaled", "clipped", "unscaled")
 # measured at the CPU benchmark's budget (benchmarks/ssl_lars.py, RESULTS.md): the smaller unscaled step

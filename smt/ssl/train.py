@@ -144,7 +144,8 @@ def run(args, data=None) -> dict:
            "lars_mode": trainer.hp.get("lars_mode", DEFAULT_LARS_MODE) if trainer.hp["optimizer"] == "lars" else None,
            "step_losses": trainer.step_losses}
     print(f"{args.method}: {trainer.epoch} epochs, {trainer.step} steps, {trainer.train_seconds:.0f} s training "
-          f"({args.clock} clock, augment {row['augment']}), kNN top-1 {row['top1']:.2f} top-5 {row['top5']:.2f} (train {len(x)}, test {len(xt)})")
+          f"({args.clock} clock, augment {row['augment']}), kNN top-1 {row['top1']:.2f} top-5 {row['top5']:.2f} "
+          f"(train {len(x)}, test {len(xt)})")
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(row) + "\n")
