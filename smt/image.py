@@ -46,6 +46,7 @@ _DENSE_MIN_ATOMS = 100
 # within about this many bytes: a batch of dense codes is coded in several steps, so memory does not
 # follow the width of the codes.
 _CODE_BYTES = 3 << 29  # 1.5 GiB: a batch of 256 CIFAR-10 images at K 8192 in one step
+_FIRST_CODE_STEP = 8  # images coded before the width of their codes is known
 # Algorithm 1 walks the front-end images in groups of about this many of its batches' worth of patches.
 _DICT_GROUP_BATCHES = 16
 
@@ -786,11 +787,17 @@ class SMT(TransformerMixin, BaseEstimator):
 
     def _code_steps(self, n_images, views, bytes_per_entry):
         """Slices of a batch of ``n_images`` coded at once: their padded codes, at the width of the
-        last codes (``_code_width``), hold about ``_CODE_BYTES``."""
+        last codes (``_code_width``, updated as the slices are coded), hold about ``_CODE_BYTES``.
+        Before any code is known the first slice is small: a guessed width can be 10x too narrow
+        (dense codes), and the first step then held several GiB."""
         gh, gw = self.patch_grid_shape_
-        width = self.__dict__.get("_code_width", 64)
-        step = max(1, _CODE_BYTES // (views * gh * gw * width * bytes_per_entry))
-        return [slice(i, i + step) for i in range(0, n_images, step)]
+        start = 0
+        while start < n_images:
+            width = self.__dict__.get("_code_width")
+            step = _FIRST_CODE_STEP if width is None else max(
+                1, _CODE_BYTES // (views * gh * gw * width * bytes_per_entry))
+            yield slice(start, start + step)
+            start += step
 
     def _embed_codes(self, atoms, counts, device, weights=None):
         """Embeddings of images from their codes.
