@@ -10,8 +10,8 @@ recipes of solo-learn's CIFAR configs are in :data:`RECIPES`:
   MoCo-v3 and NNCLR: crop scale 0.08-1, jitter 0.4/0.4/0.2/0.1 at p 0.8,
   grayscale 0.2, solarisation 0.0 / 0.2 (per view), no blur;
 * ``"simclr"``: ``symmetric.yaml`` (SimCLR): jitter 0.8/0.8/0.8/0.2 at p 0.8,
-  grayscale 0.2, Gaussian blur p 0.5 (as ``ssl-part2.md`` A2 reads it), no
-  solarisation;
+  grayscale 0.2, Gaussian blur p 0.5 (sigma 0.1-2 px, as solo-learn applies
+  it to 32-px images), no solarisation;
 * ``"vicreg"``: solo-learn's inline VICReg recipe: crop scale 0.2-1, jitter
   0.4/0.4/0.2/0.1, grayscale 0.2, solarisation 0.1 on both views;
 * ``"carp"``: CARP's two global crops (DINO's): crop scale 0.2-1, jitter

@@ -284,7 +284,8 @@ class Trainer:
         if (isinstance(self.opt, LARS) and self.opt.defaults["clip_lr"] and progress >= self._warmup()
                 and not self._warm):
             # clipped LARS: the raw gradients that filled the momentum at the tiny rates of the warmup
-            # would be applied at the peak rate (VICReg: NaN at step 7); start the momentum afresh
+            # would be applied at the peak rate, so the momentum starts afresh (ssl-part2.md A1; at a
+            # 6-step warmup VICReg still diverged with it, see RESULTS.md)
             self._warm = True
             for state in self.opt.state.values():
                 state.pop("momentum_buffer", None)
