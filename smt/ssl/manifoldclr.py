@@ -38,7 +38,9 @@ AdamW 3e-3 at batch 512 (1.5e-3 for 256, scaled linearly), weight decay
 1e-5; ``Psi`` lr 1e-3, weight decay 1e-3, gradient clip 0.1; encoder and
 prior lr 1e-4, weight decay 1e-5, clip 1.0; 10 warmup epochs then cosine for
 all (the rates of ``Psi`` and the encoders are fixed fractions of the
-backbone's).  The baseline is the SimCLR of the same harness,
+backbone's).  The code trains in fp32; on CUDA the backbone here runs under
+the Trainer's bf16 autocast and everything after it in fp32.  The baseline
+is the SimCLR of the same harness,
 :class:`~smt.ssl.simclr.SimCLRAdamW`.
 
 CPU budgets (``ssl-part2.md`` B2): ResNet-18 width 8 (64-d features, blocks of
@@ -296,7 +298,12 @@ class ManifoldCLR(SSLMethod):
         return reparameterize(mu, log_b, u, self.zeta)
 
     def training_loss(self, x1, x2, gen=None):
-        z0, z1 = self.backbone(torch.cat([x1, x2])).float().chunk(2)
+        z = self.backbone(torch.cat([x1, x2])).float()
+        # the paper trains in fp32: on CUDA only the backbone runs under the Trainer's bf16 autocast
+        with torch.autocast(z.device.type, enabled=False):
+            return self._loss(*z.chunk(2), gen)
+
+    def _loss(self, z0: torch.Tensor, z1: torch.Tensor, gen) -> tuple[torch.Tensor, dict]:
         n = max(len(z0) // 2, 1)                                              # operator losses: half the batch
         w_prior = min(float(self.progress) / self.prior_warmup, 1.0) if self.prior_warmup > 0 else 1.0
         a0, a1 = z0[:n].detach(), z1[:n].detach()
