@@ -72,6 +72,8 @@ _BF16_ALIGN = 64  # the screen's GEMM width is padded to a multiple of this
 # --------------------------------------------------------------------------- #
 def _as_tensor(x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
+        if x.is_meta:
+            raise ValueError("a tensor on torch's meta device holds no values: pass one with data")
         return x.detach()
     arr = np.asarray(x)
     if arr.dtype == object:

@@ -96,6 +96,14 @@ def test_images_torch_cannot_hold(fitted):
         fitted.transform(np.zeros((2, 8, 8), dtype=np.longdouble))
 
 
+def test_knn_meta_tensors():
+    with pytest.raises(ValueError, match="meta device"):
+        StreamingKNN(torch.empty((2, 4), device="meta"), device="cpu")
+    knn = StreamingKNN(np.eye(4), device="cpu")
+    with pytest.raises(ValueError, match="meta device"):
+        knn.update(torch.empty((2, 4), device="meta"), [0, 1])
+
+
 def test_knn_labels_beyond_int64():
     knn = StreamingKNN(np.eye(3), device="cpu")
     with pytest.raises(ValueError, match="beyond int64"):
