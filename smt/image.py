@@ -142,8 +142,10 @@ class SMT(TransformerMixin, BaseEstimator):
         Progress bars.
     checkpoint_path : str or None, default=None
         ``fit`` saves its state here every ``checkpoint_every`` batches and at the end of every
-        stage, and resumes from it when it exists. Under torch.distributed every process writes
-        its own file, ``<checkpoint_path>.rank<r>-of-<world size>``.
+        stage, and resumes from it when it exists. A checkpoint of other images (a hash of every
+        pixel) or other parameters is refused, saying which; delete it to start over. Under
+        torch.distributed every process writes its own file, ``<checkpoint_path>.rank<r>-of-<world size>``.
+        Not saved with the model: a loaded model writes no checkpoint until given one.
     checkpoint_every : int, default=50
 
     Attributes
