@@ -126,6 +126,38 @@ def check_kind(path, meta, arrays, expected):
         raise ModelFileError(f"{path} is {_NAMES.get(kind, repr(kind))} file, not {_NAMES[expected]} file{use}")
 
 
+def read_model(path, kind, version, param_names):
+    """Header, arrays and parameters of a ``kind`` model file ("SMT", "SMTWordEmbedding").
+
+    Refuses, naming the file: a file :func:`load_npz` cannot read, another kind of file, another
+    format version, parameters the estimator does not have or cannot hold. The parameter values
+    themselves are the estimator's to validate.
+
+    Returns
+    -------
+    meta : dict
+    arrays : dict of ndarray
+    params : dict
+        The saved parameters, with what :func:`jsonable` changed restored.
+    """
+    meta, arrays = load_npz(path, f"{kind} model")
+    check_kind(path, meta, arrays, kind)
+    if meta.get("format_version") != version:
+        raise ModelFileError(f"{path} is not {_NAMES[kind]} file of format version {version} "
+                             f"(format_version {meta.get('format_version')!r})")
+    saved = meta_field(meta, "params", dict, path)
+    unknown = sorted(set(saved) - set(param_names))
+    if unknown:
+        raise ModelFileError(f"{path}: unknown {kind} parameter(s) {', '.join(unknown)}")
+    params = {}
+    for name, value in saved.items():
+        try:
+            params[name] = from_jsonable(value)
+        except (TypeError, ValueError) as e:
+            raise ModelFileError(f"{path}: the saved parameter {name} is malformed ({e})") from e
+    return meta, arrays, params
+
+
 def meta_field(meta, key, kind, path, what="model"):
     """``meta[key]``, checked to be of type ``kind``; a missing or malformed field names the file."""
     if key not in meta:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from smt import distributed
 from smt._device import resolve_device
-from smt._io import ModelFileError, check_kind, from_jsonable, jsonable, load_npz, meta_field, save_npz
+from smt._io import ModelFileError, check_kind, jsonable, load_npz, meta_field, read_model, save_npz
 from smt._validation import (DEVICE, PATH, Integral, Interval, Options, Real, StrOptions, as_images,
                              check_param, check_params, to_batch)
 from smt.augment import gray_views
@@ -466,18 +466,10 @@ class SMT(TransformerMixin, BaseEstimator):
             (a ``ValueError``) naming the file and the problem: not an SMT model file (another
             kind, damaged, truncated, empty), invalid parameters, arrays of the wrong shape.
         """
-        meta, arrays = load_npz(path, "SMT model")
-        check_kind(path, meta, arrays, "SMT")
-        if meta.get("format_version") != _FORMAT_VERSION:
-            raise ModelFileError(f"{path} is not an SMT model file of format version {_FORMAT_VERSION} "
-                                 f"(format_version {meta.get('format_version')!r})")
-        params = meta_field(meta, "params", dict, path)
         model = cls()
-        unknown = sorted(set(params) - set(model.get_params()))
-        if unknown:
-            raise ModelFileError(f"{path}: unknown SMT parameter(s) {', '.join(unknown)}")
+        meta, arrays, params = read_model(path, "SMT", _FORMAT_VERSION, model.get_params())
         try:
-            params = {k: from_jsonable(v) for k, v in params.items() if k not in _CALLER_PARAMS}
+            params = {k: v for k, v in params.items() if k not in _CALLER_PARAMS}
             model.set_params(**params, device="auto" if device is None else device)
             model._check_params()
             shape = meta_field(meta, "image_shape", list, path)

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from smt._io import ModelFileError, check_kind, from_jsonable, load_npz, meta_field, save_npz
+from smt._io import ModelFileError, meta_field, read_model, save_npz
 from smt._validation import Integral, Interval, StrOptions, StrSequence, check_param, check_params
 from smt.cooccurrence import WEIGHTINGS, WindowCooccurrence
 from smt.spectral import solve_embedding, solve_sparse_embedding
@@ -527,17 +527,10 @@ class SMTWordEmbedding(BaseEstimator):
             (a ``ValueError``) naming the file and the problem: not an SMTWordEmbedding file
             (another kind, damaged, truncated, empty), invalid parameters, arrays of the wrong shape.
         """
-        meta, arrays = load_npz(path, "SMTWordEmbedding")
-        check_kind(path, meta, arrays, "SMTWordEmbedding")
-        if meta.get("format_version") != _FORMAT_VERSION:
-            raise ModelFileError(f"{path} is not an SMTWordEmbedding file of format version {_FORMAT_VERSION}")
-        params = meta_field(meta, "params", dict, path)
         model = cls()
-        unknown = sorted(set(params) - set(model.get_params()))
-        if unknown:
-            raise ModelFileError(f"{path}: unknown SMTWordEmbedding parameter(s) {', '.join(unknown)}")
+        meta, arrays, params = read_model(path, "SMTWordEmbedding", _FORMAT_VERSION, model.get_params())
         try:
-            model.set_params(**{k: from_jsonable(v) for k, v in params.items()})
+            model.set_params(**params)
             model._check_params()
             for name in ("vocabulary", "counts", "components", "eigenvalues"):
                 if name not in arrays:

@@ -152,6 +152,8 @@ def test_one_kind_of_file_given_for_another(model, words, tmp_path, images):
     (lambda h: dict(h, params=dict(h["params"], coding="dense")), ["coding"]),
     (lambda h: dict(h, params=dict(h["params"], whiten_eps=None)), ["whiten_eps"]),
     (lambda h: dict(h, params=dict(h["params"], evil=1)), ["unknown SMT parameter", "evil"]),
+    (lambda h: dict(h, params=dict(h["params"], random_state={"RandomState": [1]})), ["random_state"]),
+    (lambda h: dict(h, params=dict(h["params"], random_state=-4)), ["random_state"]),
     (lambda h: dict(h, params=dict(h["params"], n_atoms=64)), ["dictionary_", "shape"]),
     (lambda h: dict(h, params=dict(h["params"], n_components=5)), ["components_", "shape"]),
     (lambda h: dict(h, params=dict(h["params"], patch_size=4)), ["shape"]),
