@@ -35,3 +35,9 @@ def small_smt(**kw):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def small_fitted(digits):
+    """``small_smt()`` fitted on the first 120 digits, shared: copy it before changing it."""
+    return small_smt().fit(digits[0][:120])

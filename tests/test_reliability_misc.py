@@ -17,12 +17,12 @@ LINES = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] 
 
 @pytest.fixture(scope="module")
 def X(digits):
-    return digits[0][:120]
+    return digits[0][:120]  # the images small_fitted is fitted on
 
 
 @pytest.fixture(scope="module")
-def fitted(X):
-    return small_smt().fit(X)
+def fitted(small_fitted):
+    return small_fitted
 
 
 def test_tensors_that_require_grad(X, fitted):

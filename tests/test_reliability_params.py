@@ -175,8 +175,8 @@ def test_word_window_beyond_the_longest_line_is_clamped():
 
 
 @pytest.fixture(scope="module")
-def fitted(digits):
-    return small_smt().fit(digits[0][:120])
+def fitted(small_fitted):
+    return small_fitted
 
 
 @pytest.mark.parametrize("name, value", [("patch_size", 4), ("n_atoms", 48), ("n_components", 4),
