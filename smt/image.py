@@ -58,7 +58,7 @@ class SMT(TransformerMixin, BaseEstimator):
     atoms (online 1-sparse k-means, the paper's Algorithm 1), and a linear projection P of the
     sparse codes whose outputs vary slowly between neighbouring patches (a generalized
     eigenproblem). An image embeds as the average-pooled, normalised projections of its codes.
-    Defaults are the paper's CIFAR settings as far as they are known (spec ``smt.md`` section 9).
+    Defaults are the paper's CIFAR settings as far as they are known (docs/algorithm.md §9).
 
     Parameters
     ----------
@@ -564,7 +564,7 @@ class SMT(TransformerMixin, BaseEstimator):
                 run["batch"] = 0
             tally += self._accumulate(source, run, stages, images, device, keep if source is images else None)
         n_active, n_coded, n_nodes = (int(v) for v in tally)
-        # Diagnostics of this process's images of this call (spec 4).
+        # Diagnostics of this process's images of this call (docs/algorithm.md §4).
         self.fit_stats_["mean_active_atoms"] = n_active / max(n_nodes, 1)
         self.fit_stats_["uncoded_fraction"] = 1 - n_coded / max(n_nodes, 1)
         self.fit_stats_["statistics_seconds"] = time.perf_counter() - tic

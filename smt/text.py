@@ -1,15 +1,15 @@
-"""Text utilities for the word-embedding variant of the SMT (design spec section 8).
+"""Text utilities for the word-embedding variant of the SMT (docs/algorithm.md §8).
 
 This module holds the corpus-independent pieces:
 
 * :func:`basic_english_tokenize` -- a dependency-free re-implementation of
-  torchtext's ``get_tokenizer("basic_english")`` (spec 8.1, for raw text; the
+  torchtext's ``get_tokenizer("basic_english")`` (docs/algorithm.md §8.1, for raw text; the
   WikiText ``*.tokens`` files are already tokenised and are split on
   whitespace instead, see :func:`smt.datasets.wikitext.clean_wikitext_line`);
 * :class:`Vocabulary` -- word counts and the frequency-ranked dictionary of the
-  V most frequent words (spec 8.2), built in one streaming pass.
+  V most frequent words (docs/algorithm.md §8.2), built in one streaming pass.
 
-* :class:`SMTWordEmbedding` -- the estimator (spec 8.2-8.6): one-hot codes over
+* :class:`SMTWordEmbedding` -- the estimator (docs/algorithm.md §8.2-8.6): one-hot codes over
   the vocabulary, window co-occurrence statistics
   (:class:`smt.cooccurrence.WindowCooccurrence`), and the generalised
   eigen-solve of :mod:`smt.spectral`.
@@ -286,7 +286,7 @@ _FORMAT_VERSION = 1
 
 
 class SMTWordEmbedding(BaseEstimator):
-    """Sparse Manifold Transform word embedding (spec 8), fitted in one streaming pass over text.
+    """Sparse Manifold Transform word embedding (docs/algorithm.md §8), fitted in one streaming pass over text.
 
     The dictionary is the vocabulary of the ``max_vocab`` most frequent words and the code of a
     token is one-hot; two tokens are neighbours when at most ``window`` positions apart in one line.
@@ -303,7 +303,7 @@ class SMTWordEmbedding(BaseEstimator):
     min_count : int, default 1
         Keep only words seen at least this often.
     window : int, default 5
-        w, the context half-width in tokens (spec 8.3).
+        w, the context half-width in tokens (docs/algorithm.md §8.3).
     weighting : {"uniform", "inverse_distance"}, default "uniform"
         Weight of a co-occurrence at distance o: 1 or 1/o.
     n_skip : int, default 1

@@ -160,7 +160,7 @@ _HEADING = re.compile(r"^\s*=.*=\s*$")
 
 
 def clean_wikitext_line(line: str, unk: str = "<unk>") -> list[str]:
-    """Tokens of a WikiText line after the corpus cleaning of spec 8.1.
+    """Tokens of a WikiText line after the corpus cleaning of docs/algorithm.md §8.1.
 
     The ``wiki.*.tokens`` text is already tokenised, so the line is split on
     whitespace (not re-tokenised), then:
@@ -172,7 +172,7 @@ def clean_wikitext_line(line: str, unk: str = "<unk>") -> list[str]:
 
     Other tokens, including WikiText's ``@-@``, ``@,@`` and ``@.@`` escapes and
     punctuation, are kept. Each line is one paragraph: a context window must
-    not cross lines (spec 8.1), so keep the lists separate.
+    not cross lines (docs/algorithm.md §8.1), so keep the lists separate.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Word-similarity benchmarks (spec 8.7): WordSim-353, SimLex-999, MEN, Stanford RW.
+"""Word-similarity benchmarks (docs/algorithm.md §8.7): WordSim-353, SimLex-999, MEN, Stanford RW.
 
 Each file is read from ``<root or $SMT_DATA or ~/.cache/smt>/word-similarity/``
 under its original release's folder and file name (a ``root`` that directly
@@ -163,7 +163,7 @@ def evaluate_similarity(
     """Spearman correlation between a model's word similarities and human scores.
 
     Pairs with an out-of-vocabulary word are skipped and reported through the
-    coverage (spec 8.7).
+    coverage (docs/algorithm.md §8.7).
 
     Parameters
     ----------
