@@ -113,6 +113,11 @@ class OnlineDictionary:
                 self.activation_[dead] = 1.0 / self.n_atoms
         self.dictionary_ = phi
 
+    @property
+    def has_state(self):
+        """Whether the atoms have been initialised (or set) yet."""
+        return "dictionary_" in vars(self)
+
     def get_state(self):
         return {"dictionary": self.dictionary_.cpu().numpy(), "activation": self.activation_.cpu().numpy(),
                 "n_steps": np.int64(self.n_steps_), "buffer": self._buffer.cpu().numpy()}
@@ -207,3 +212,25 @@ def incoherent_atoms(candidates, n_atoms, max_coherence, chunk_size=1024):
     raise ValueError(f"found only {n_kept} of n_atoms={n_atoms} patches whose pairwise cosines are at most "
                      f"max_coherence={max_coherence} among {n_tried} candidates; raise max_coherence, lower "
                      f"n_atoms or fit the front end on more images (front_end_images)")
+
+
+def patch_keys(seed, first_image, n_images, n_views, grid):
+    """Uniform keys in [0, 1) of the patches of global images ``first_image, ...``, laid out as the
+    batch the fit sees, (n_views * n_images, H', W') view-major: a hash (splitmix64) of the seed and
+    of the global patch id (image, view, position), so no key depends on batching or sharding."""
+    gh, gw = grid
+    image = first_image + np.arange(n_images, dtype=np.uint64)
+    view = np.arange(n_views, dtype=np.uint64)
+    ids = (image[None, :] * np.uint64(n_views) + view[:, None]) * np.uint64(gh * gw)
+    ids = ids.reshape(-1, 1) + np.arange(gh * gw, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = splitmix64(ids + splitmix64(np.array([seed], dtype=np.uint64)))
+    return ((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).reshape(-1, gh, gw)
+
+
+def splitmix64(x):
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))

@@ -1,6 +1,5 @@
 """The SMT image estimator: patches -> whitening -> dictionary -> sparse codes -> spectral
 embedding -> average pooling, behind the scikit-learn transformer API."""
-import hashlib
 import math
 import time
 import warnings
@@ -15,13 +14,14 @@ from tqdm.auto import tqdm
 
 from smt import distributed
 from smt._device import resolve_device
-from smt._io import ModelFileError, check_kind, jsonable, load_npz, meta_field, read_model, save_npz
+from smt._io import ModelFileError, meta_field, read_model, save_npz
 from smt._validation import (DEVICE, PATH, Integral, Interval, Options, Real, StrOptions, as_images,
                              check_param, check_params, to_batch)
 from smt.augment import gray_views
+from smt.checkpoint import Checkpoint, FitPosition, prefixed, unprefixed
 from smt.code_store import CodeStore
 from smt.coding import CODE_NORMS, CODE_VALUES, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code
-from smt.dictionary import OnlineDictionary, incoherent_atoms
+from smt.dictionary import OnlineDictionary, incoherent_atoms, patch_keys
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
 from smt.spectral import solve_embedding
@@ -34,7 +34,6 @@ _CALLER_PARAMS = ("device", "checkpoint_path")
 # Parameters the fitted arrays or the output width depend on: changed after fit, they would make
 # transform disagree with the model (set_params of one of them then needs a refit).
 _SHAPE_PARAMS = ("patch_size", "n_atoms", "n_components", "n_skip", "pool_size", "pool_stride")
-_PHASES = ("whitening", "dictionary", "statistics", "done")
 # Parameters that change neither the fitted model nor the order the data is walked in.
 _RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every")
 # Threshold codes this dense (mean active atoms per patch over K, and at least this many atoms) make
@@ -443,7 +442,7 @@ class SMT(TransformerMixin, BaseEstimator):
             if state is None:
                 raise ValueError("save(stream=True) needs the statistics of a fit or partial_fit made in this "
                                  "process (or loaded from a file saved with stream=True)")
-            arrays.update(_prefixed("stats", self._stats.get_state()))
+            arrays.update(prefixed("stats", self._stats.get_state()))
             meta["stream"] = {k: state[k] for k in ("seed", "n_seen", "frozen")}
             if state["front"] is not None:
                 arrays["stream.front"] = state["front"].numpy()
@@ -487,7 +486,7 @@ class SMT(TransformerMixin, BaseEstimator):
             raise ModelFileError(f"{path}: not a usable SMT model: {e}") from e
         if "stream" in meta:
             try:
-                state = _unprefixed("stats", arrays)
+                state = unprefixed("stats", arrays)
                 k = model.n_atoms
                 for key, size in (("gram", k * k), ("context", k * k), ("usage", k)):
                     if np.size(state[key]) != size:
@@ -533,19 +532,19 @@ class SMT(TransformerMixin, BaseEstimator):
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
             stream = {"seed": distributed.broadcast_int(seed), "n_seen": 0, "front": None, "frozen": False}
         stream = dict(stream)  # stored when the call succeeds
-        self._ckpt_path = self._rank_checkpoint_path() if resumable else None
-        self._ckpt_fingerprint = _fingerprint(images) if self._ckpt_path else None
+        self._ckpt = Checkpoint(self._rank_checkpoint_path() if resumable else None, self.checkpoint_every,
+                                self._model_params(), images)
         n_seen, total = stream["n_seen"], sum(counts)
         n_new = 0 if stream["frozen"] else min(self.front_end_images, n_seen + total) - n_seen
-        run = {"phase": "statistics", "epoch": 0, "batch": 0, "seed": stream["seed"]}
+        run = FitPosition(seed=stream["seed"])
         sources = [images]
         if n_new > 0:
-            run["phase"] = "whitening"
+            run.phase = "whitening"
             stages = self._new_stages(device)
-            run, stages = self._resume(run, stages, images, device)
-            stream["seed"] = run["seed"]
+            run = self._resume(run, stages, device)
+            stream["seed"] = run.seed
             front = self._front_set(stream["front"], images, counts, n_new)
-            self._fit_front_end(front, run, stages, images, device)
+            self._fit_front_end(front, run, stages, device)
             if stream["front"] is not None and distributed.rank() == 0:
                 # The statistics restart with the new front end: recount the kept earlier images.
                 sources = [stream["front"], images]
@@ -558,11 +557,11 @@ class SMT(TransformerMixin, BaseEstimator):
         tic = time.perf_counter()
         tally = np.zeros(3, dtype=np.int64)
         # A resumed pass computes only the codes after the checkpoint: keep none.
-        keep = store if len(sources) == 1 and run["batch"] == 0 else None
+        keep = store if len(sources) == 1 and run.batch == 0 else None
         for i, source in enumerate(sources):
             if i:
-                run["batch"] = 0
-            tally += self._accumulate(source, run, stages, images, device, keep if source is images else None)
+                run.batch = 0
+            tally += self._accumulate(source, run, stages, device, keep if source is images else None)
         n_active, n_coded, n_nodes = (int(v) for v in tally)
         # Diagnostics of this process's images of this call (docs/algorithm.md §4).
         self.fit_stats_["mean_active_atoms"] = n_active / max(n_nodes, 1)
@@ -574,8 +573,8 @@ class SMT(TransformerMixin, BaseEstimator):
         self.fit_stats_["solve_seconds"] = time.perf_counter() - tic
         stream["n_seen"] = n_seen + total
         self._stream = stream
-        run["phase"] = "done"
-        self._checkpoint(run, stages, images)
+        run.phase = "done"
+        self._ckpt.save(run, stages)
         return self
 
     def _front_set(self, kept, images, counts, n_new):
@@ -597,15 +596,14 @@ class SMT(TransformerMixin, BaseEstimator):
                                            self.image_context_weight),
                 "sample": {}}
 
-    def _fit_front_end(self, front, run, stages, images, device):
-        """Whitening and dictionary on the front-end images ``front`` (global indices 0..n-1);
-        ``images`` (this process's input) only fingerprint the checkpoint."""
+    def _fit_front_end(self, front, run, stages, device):
+        """Whitening and dictionary on the front-end images ``front`` (global indices 0..n-1)."""
         white, sample = stages["whitening"], stages["sample"]
         n = len(front)
-        seed = run["seed"]
+        seed = run.seed
         n_views = 2 if self.grayscale_augmentation is not None else 1
         tic = time.perf_counter()
-        if run["phase"] == "whitening":
+        if run.phase == "whitening":
             # One pass: whitening moments and, unless the coherence filter picks the atoms after
             # it, a uniform sample without replacement of K non-empty patches (the K smallest of
             # uniform keys, each a hash of the seed and the patch's global image index, view and
@@ -617,14 +615,14 @@ class SMT(TransformerMixin, BaseEstimator):
                 cand = patches[~empty]
                 sample["n_nonempty"] = sample.get("n_nonempty", 0) + len(cand)
                 if self.max_coherence is None:
-                    keys = torch.as_tensor(_patch_keys(seed, b, len(batch), n_views, empty.shape[1:]),
+                    keys = torch.as_tensor(patch_keys(seed, b, len(batch), n_views, empty.shape[1:]),
                                            device=device)[~empty]
                     if "keys" in sample:
                         keys, cand = torch.cat([sample["keys"], keys]), torch.cat([sample["patches"], cand])
                     keep = keys.argsort(stable=True)[:self.n_atoms]
                     sample["keys"], sample["patches"] = keys[keep], cand[keep]
-                run["batch"] = b + self.batch_size
-                self._maybe_checkpoint(run, stages, images, self.batch_size)
+                run.batch = b + self.batch_size
+                self._ckpt.maybe_save(run, stages, self.batch_size)
             if sample.get("n_nonempty", 0) < self.n_atoms:
                 raise ValueError(
                     f"fit needs at least n_atoms={self.n_atoms} non-constant patches to start the dictionary, "
@@ -641,31 +639,31 @@ class SMT(TransformerMixin, BaseEstimator):
                 stages["dictionary"].initialize(atoms, [seed, 3], jitter=False)
                 self.fit_stats_.update(dictionary_candidates=n_tried,
                                        coherence_filter_seconds=time.perf_counter() - start)
-            run.update(phase="dictionary", epoch=0, batch=0)
-            self._checkpoint(run, stages, images)
+            run.phase, run.epoch, run.batch = "dictionary", 0, 0
+            self._ckpt.save(run, stages)
         elif white.__dict__.get("whitening_") is None:
             white.finalize()
         self.fit_stats_["whitening_seconds"] = (time.perf_counter() - tic
                                                 - self.fit_stats_.get("coherence_filter_seconds", 0.0))
         tic = time.perf_counter()
         dictionary = stages["dictionary"]
-        if run["phase"] == "dictionary":
+        if run.phase == "dictionary":
             per_image = sample["n_nonempty"] / n
             n_dict = n if self.dict_max_patches is None else min(n, math.ceil(self.dict_max_patches / per_image))
             # Images are walked in a seeded permutation, in groups of a fixed patch count (not
             # batch_size); the non-empty patches of a group are shuffled with a key of its index.
             group = self._front_group()
-            while run["epoch"] < self.dict_epochs:
-                order = np.random.default_rng([seed, 1, run["epoch"]]).permutation(n)[:n_dict]
-                for g in self._batches(n_dict, run, f"dictionary epoch {run['epoch'] + 1}", group):
+            while run.epoch < self.dict_epochs:
+                order = np.random.default_rng([seed, 1, run.epoch]).permutation(n)[:n_dict]
+                for g in self._batches(n_dict, run, f"dictionary epoch {run.epoch + 1}", group):
                     dictionary.partial_fit(self._group_patches(front, order[g:g + group], white,
-                                                               [seed, 2, run["epoch"], g // group], device))
-                    run["batch"] = g + group
-                    self._maybe_checkpoint(run, stages, images, group)
-                run.update(epoch=run["epoch"] + 1, batch=0)
+                                                               [seed, 2, run.epoch, g // group], device))
+                    run.batch = g + group
+                    self._ckpt.maybe_save(run, stages, group)
+                run.epoch, run.batch = run.epoch + 1, 0
             dictionary.flush()
-            run.update(phase="statistics", epoch=0, batch=0)
-            self._checkpoint(run, stages, images)
+            run.phase, run.epoch, run.batch = "statistics", 0, 0
+            self._ckpt.save(run, stages)
         self.fit_stats_["dictionary_seconds"] = (time.perf_counter() - tic
                                                  + self.fit_stats_.get("coherence_filter_seconds", 0.0))
         # Rank 0's arrays everywhere: every process codes with bit-identical ones.
@@ -697,7 +695,7 @@ class SMT(TransformerMixin, BaseEstimator):
         for g in self._progress(range(0, len(front), group), "dictionary (coherence filter)", len(front)):
             yield self._group_patches(front, order[g:g + group], white, [seed, 5, g // group], device)
 
-    def _accumulate(self, images, run, stages, ckpt_images, device, store=None):
+    def _accumulate(self, images, run, stages, device, store=None):
         """Add the code statistics of ``images``; returns (active atoms, coded patches, nodes).
         ``store`` receives the codes of the images (not of their gray views)."""
         stats = stages["stats"]
@@ -723,8 +721,8 @@ class SMT(TransformerMixin, BaseEstimator):
                 n_active += int(active.sum())
                 n_coded += int((active > 0).sum())
                 n_nodes += len(active)
-            run["batch"] = b + self.batch_size
-            self._maybe_checkpoint(run, stages, ckpt_images, self.batch_size)
+            run.batch = b + self.batch_size
+            self._ckpt.maybe_save(run, stages, self.batch_size)
         return np.array([n_active, n_coded, n_nodes], dtype=np.int64)
 
     def _solve(self, stats, device):
@@ -920,11 +918,7 @@ class SMT(TransformerMixin, BaseEstimator):
                     postfix={"images": n_images}, leave=False)
 
     def _batches(self, n, run, stage, step=None):
-        return self._progress(range(run["batch"], n, step or self.batch_size), stage, n)
-
-    def _maybe_checkpoint(self, run, stages, images, step):
-        if self._ckpt_path and (run["batch"] // step) % self.checkpoint_every == 0:
-            self._checkpoint(run, stages, images)
+        return self._progress(range(run.batch, n, step or self.batch_size), stage, n)
 
     def _rank_checkpoint_path(self):
         """``checkpoint_path``; under torch.distributed one file per process (its shard, its position)."""
@@ -933,88 +927,25 @@ class SMT(TransformerMixin, BaseEstimator):
         path = Path(self.checkpoint_path)
         return str(path.with_name(f"{path.name}.rank{distributed.rank()}-of-{distributed.world_size()}"))
 
-    def _checkpoint(self, run, stages, images):
-        if not self.__dict__.get("_ckpt_path"):
-            return
-        arrays = {}
-        for name in ("whitening", "dictionary", "stats"):
-            stage = stages.get(name)
-            if stage is not None and _has_state(stage):
-                arrays.update(_prefixed(name, stage.get_state()))
-        sample = stages.get("sample") or {}
-        if run["phase"] == "whitening" and "keys" in sample:
-            arrays["sample.keys"] = sample["keys"].cpu().numpy()
-            arrays["sample.patches"] = sample["patches"].cpu().numpy()
-        meta = {"kind": "SMT checkpoint", "format_version": _FORMAT_VERSION, "run": run,
-                "params": self._model_params(), "fingerprint": self._ckpt_fingerprint,
-                "n_nonempty": int(sample.get("n_nonempty", 0))}
-        save_npz(self._ckpt_path, meta, arrays)
-
-    def _resume(self, run, stages, images, device):
-        path = self._ckpt_path
-        if not path or not Path(path).exists():
-            return run, stages
-        start_over = "delete it (or choose another checkpoint_path) to start over"
-        try:
-            meta, arrays = load_npz(path, "SMT checkpoint")
-            check_kind(path, meta, arrays, "SMT checkpoint")
-            if meta.get("format_version") != _FORMAT_VERSION:
-                raise ModelFileError(f"{path} is a checkpoint of format version {meta.get('format_version')!r}, "
-                                     f"not {_FORMAT_VERSION}")
-            saved = meta_field(meta, "params", dict, path, "checkpoint")
-            fingerprint = meta_field(meta, "fingerprint", dict, path, "checkpoint")
-            run = dict(meta_field(meta, "run", dict, path, "checkpoint"))
-            n_nonempty = meta_field(meta, "n_nonempty", int, path, "checkpoint")
-        except ModelFileError as e:
-            raise ModelFileError(f"{e}; {start_over}") from e
-        params = jsonable(self._model_params())
-        changed = [f"{k}={params.get(k)!r} (the checkpoint's fit had {saved.get(k)!r})"
-                   for k in sorted(set(params) | set(saved)) if params.get(k) != saved.get(k)]
-        if changed:
-            why = "parameters " + ", ".join(changed)
-        elif fingerprint != self._ckpt_fingerprint:
-            def describe(f):
-                return (f"shape {tuple(f.get('shape') or ())}, dtype {f.get('dtype')}, content hash "
-                        f"{str(f.get('blake2b'))[:12]}")
-            why = (f"this fit's images have {describe(self._ckpt_fingerprint)}; the checkpoint's had "
-                   f"{describe(fingerprint)}")
-        else:
-            why = None
-        if why is not None:
-            raise ValueError(f"the checkpoint {path} was written by a fit with other parameters or other "
-                             f"images ({why}); {start_over}")
-        if (run.get("phase") not in _PHASES or
-                not all(isinstance(run.get(k), int) and run[k] >= 0 for k in ("epoch", "batch", "seed"))):
-            raise ModelFileError(f"{path}: the checkpoint's position {run!r} is malformed; {start_over}")
+    def _resume(self, run, stages, device):
+        """The position to go on from: ``run``, or the checkpoint's with its stages' states restored."""
         k, dim = self.n_atoms, self.image_shape_[2] * self.patch_size ** 2
-        sizes = {"whitening.scatter": dim * dim, "dictionary.dictionary": k * dim, "dictionary.activation": k,
-                 "stats.gram": k * k, "stats.context": k * k, "stats.usage": k}
-        wrong = [f"{key} holds {np.size(arrays[key])} values, not {size}"
-                 for key, size in sizes.items() if key in arrays and np.size(arrays[key]) != size]
-        if wrong:
-            raise ModelFileError(f"{path}: the checkpoint's state does not fit its parameters ({'; '.join(wrong)}); "
-                                 f"{start_over}")
-        try:
-            for name in ("whitening", "dictionary", "stats"):
-                state = _unprefixed(name, arrays)
-                if state:
-                    if name == "stats":
-                        stages[name].set_state(state)
-                    else:
-                        stages[name].set_state(state, device)
-        except Exception as e:  # noqa: BLE001 - any inconsistency of the saved stage states
-            raise ModelFileError(f"{path}: the checkpoint's {name} state is malformed "
-                                 f"({type(e).__name__}: {e}); {start_over}") from e
+        saved = self._ckpt.read({"whitening.scatter": dim * dim, "dictionary.dictionary": k * dim,
+                                 "dictionary.activation": k, "stats.gram": k * k, "stats.context": k * k,
+                                 "stats.usage": k})
+        if saved is None:
+            return run
+        position, arrays, n_nonempty = saved
+        self._ckpt.restore(stages, arrays, device)
         stages["sample"]["n_nonempty"] = n_nonempty
         if "sample.keys" in arrays:
             stages["sample"]["keys"] = torch.as_tensor(arrays["sample.keys"], device=device)
             stages["sample"]["patches"] = torch.as_tensor(arrays["sample.patches"], device=device)
-        if run["phase"] in ("statistics", "done"):
-            run.update(phase="statistics", batch=run["batch"] if run["phase"] == "statistics" else 0)
-            if meta["run"]["phase"] == "done":
-                stages["stats"] = ContextStatistics(self.n_atoms, self._context_radius(), self.order,
-                                                    device, self.image_context_weight)
-        return run, stages
+        if position.phase == "done":  # the statistics are summed again from the start
+            position.phase, position.batch = "statistics", 0
+            stages["stats"] = ContextStatistics(self.n_atoms, self._context_radius(), self.order,
+                                                device, self.image_context_weight)
+        return position
 
     def _model_params(self):
         return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS}
@@ -1035,55 +966,3 @@ def _concat_images(a, b):
     if a.dtype != b.dtype:
         a, b = (t.to(torch.float32) / 255.0 if t.dtype == torch.uint8 else t for t in (a, b))
     return torch.cat([a, b])
-
-
-def _patch_keys(seed, first_image, n_images, n_views, grid):
-    """Uniform keys in [0, 1) of the patches of global images ``first_image, ...``, laid out as the
-    batch the fit sees, (n_views * n_images, H', W') view-major: a hash (splitmix64) of the seed and
-    of the global patch id (image, view, position), so no key depends on batching or sharding."""
-    gh, gw = grid
-    image = first_image + np.arange(n_images, dtype=np.uint64)
-    view = np.arange(n_views, dtype=np.uint64)
-    ids = (image[None, :] * np.uint64(n_views) + view[:, None]) * np.uint64(gh * gw)
-    ids = ids.reshape(-1, 1) + np.arange(gh * gw, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = _splitmix64(ids + _splitmix64(np.array([seed], dtype=np.uint64)))
-    return ((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).reshape(-1, gh, gw)
-
-
-def _splitmix64(x):
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def _prefixed(name, state):
-    """A stage's state as file arrays named ``name.key``."""
-    return {f"{name}.{k}": v for k, v in state.items()}
-
-
-def _unprefixed(name, arrays):
-    """The state :func:`_prefixed` wrote for ``name`` (empty when the file holds none)."""
-    return {k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(name + ".")}
-
-
-def _has_state(stage):
-    return any(k in vars(stage) for k in ("_scatter", "dictionary_", "_gram"))
-
-
-def _fingerprint(images, step=1 << 12):
-    """Shape, dtype and a hash of every pixel of ``images``, read ``step`` images at a time: what a
-    checkpoint's state depends on, so a checkpoint is resumed for these very images only (hashing
-    runs at several hundred MB/s, a small cost next to the encode)."""
-    digest = hashlib.blake2b(digest_size=20)
-    for i in range(0, len(images), step):
-        part = images[i:i + step]
-        if isinstance(part, torch.Tensor):
-            part = part.detach().cpu().contiguous()
-            part = (part.view(torch.int16) if part.dtype == torch.bfloat16 else part).numpy()
-        digest.update(np.ascontiguousarray(part))
-    return {"shape": list(images.shape), "dtype": str(images.dtype).replace("torch.", ""),
-            "blake2b": digest.hexdigest()}
-

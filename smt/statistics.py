@@ -443,10 +443,16 @@ class ContextStatistics:
                 "usage": self.usage_.cpu().numpy(),
                 "n_patches": np.int64(self.n_patches_), "n_images": np.int64(self.n_images_)}
 
-    def set_state(self, state):
-        self._gram = torch.as_tensor(state["gram"], device=self.device)
-        self._context = torch.as_tensor(state["context"], device=self.device)
-        self.usage_ = torch.as_tensor(state["usage"], device=self.device)
+    @property
+    def has_state(self):
+        """Whether any statistics have been added (or set) yet."""
+        return "_gram" in vars(self)
+
+    def set_state(self, state, device=None):
+        device = self.device if device is None else device
+        self._gram = torch.as_tensor(state["gram"], device=device)
+        self._context = torch.as_tensor(state["context"], device=device)
+        self.usage_ = torch.as_tensor(state["usage"], device=device)
         self.n_patches_ = int(state["n_patches"])
         self.n_images_ = int(state["n_images"])
         return self

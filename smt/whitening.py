@@ -76,6 +76,11 @@ class Whitening:
         z = patches @ w  # W is symmetric
         return z / (z.norm(dim=-1, keepdim=True) + _EPS_NORM)
 
+    @property
+    def has_state(self):
+        """Whether any patch moments have been added (or set) yet."""
+        return "_scatter" in vars(self)
+
     def get_state(self):
         return {"scatter": self._scatter.cpu().numpy(), "n_samples_seen": np.int64(self.n_samples_seen_)}
 
