@@ -28,7 +28,7 @@ from smt.cooccurrence import WindowCooccurrence  # noqa: E402
 from smt.datasets import (clean_wikitext_line, evaluate_similarity, load_men, load_rw,  # noqa: E402
                           load_simlex999, load_wikitext, load_wordsim353)
 from smt.datasets._base import data_home  # noqa: E402
-from smt.text import SMTWordEmbedding  # noqa: E402
+from smt.word_embedding import SMTWordEmbedding  # noqa: E402
 
 BENCHMARKS = {"WS353": load_wordsim353, "SimLex": load_simlex999, "MEN": load_men, "RW": load_rw}
 

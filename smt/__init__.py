@@ -2,7 +2,7 @@
 from smt.datasets import load_mnist
 from smt.image import SMT
 from smt.knn import StreamingKNN, knn_accuracy
-from smt.text import SMTWordEmbedding
+from smt.word_embedding import SMTWordEmbedding
 
 __version__ = "0.1.0"
 __all__ = ["SMT", "SMTWordEmbedding", "StreamingKNN", "knn_accuracy", "load_mnist"]

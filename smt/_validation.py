@@ -86,6 +86,13 @@ def check_param(name, value, constraints, caller):
 _FLOAT_RANGE_TOL = 1e-6
 
 
+def check_int(name, value, minimum, allow_none=False, caller=""):
+    """``value`` as an int >= ``minimum`` (or None when ``allow_none``), else the named error."""
+    constraints = [Interval(Integral, minimum, None, closed="left")] + ([None] if allow_none else [])
+    check_param(name, value, constraints, caller)
+    return None if value is None else int(value)
+
+
 def as_images(X):
     """Validate images and return them as an array/tensor of shape (n, H, W, C).
 

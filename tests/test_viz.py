@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from smt import SMT  # noqa: E402
-from smt.text import SMTWordEmbedding  # noqa: E402
+from smt.word_embedding import SMTWordEmbedding  # noqa: E402
 from smt.viz import atom_images, plot_atoms, plot_neighbors, plot_spectrum, plot_word_map  # noqa: E402
 
 SMALL = dict(patch_size=3, n_atoms=32, coding="one_sparse", n_components=6, context=1, pool_size=3,

@@ -9,7 +9,7 @@ from sklearn.exceptions import NotFittedError
 
 import smt.cooccurrence
 from smt.cooccurrence import WindowCooccurrence
-from smt.text import SMTWordEmbedding
+from smt.word_embedding import SMTWordEmbedding
 
 from conftest import SHARED_DATA
 
