@@ -1,8 +1,18 @@
 """Shared checks of the deep SSL method tests (tests/test_ssl_*.py): one step, checkpoint resume."""
 import numpy as np
+import pytest
 import torch
 
 from smt.ssl import TrainConfig, Trainer, build_method
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Autouse in every module that imports it: one torch thread (tiny networks gain nothing from more)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_data(n=48, size=32):

@@ -15,17 +15,11 @@ from smt.ssl.optim import LARS, param_groups, warmup_cosine  # noqa: E402
 from smt.ssl.sampler import ClassBatchSampler, long_tailed_indices, power_law_counts  # noqa: E402
 from smt.ssl.simclr import nt_xent  # noqa: E402
 from smt.ssl.vicreg import covariance_loss, invariance_loss, variance_loss, vicreg_loss  # noqa: E402
+from _ssl_common import _one_thread  # noqa: E402,F401  (autouse: one torch thread)
 
 TINY = dict(width=4, proj_hidden=32)
 TINY_VIT = dict(vit_dim=16, vit_depth=1, vit_heads=2, proj_hidden=32, n_prototypes=8)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------ SimCLR

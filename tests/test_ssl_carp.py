@@ -5,20 +5,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from _ssl_common import one_step_lowers_the_loss, resume_matches_an_uninterrupted_run  # noqa: E402
+from _ssl_common import _one_thread, one_step_lowers_the_loss, resume_matches_an_uninterrupted_run  # noqa: E402,F401
 from smt.ssl import build_method  # noqa: E402
 from smt.ssl.carp import block_probs, consistency_loss, random_partition, uniformity_loss  # noqa: E402
 from smt.ssl.optim import LARS, param_groups  # noqa: E402
 
 TINY = dict(width=2, proj_hidden=16, carp_k=32, carp_block=8)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_identical_one_hot_assignments_give_zero_consistency():

@@ -9,14 +9,8 @@ from smt.ssl.augment import RECIPES, gaussian_blur, recipe  # noqa: E402
 from smt.ssl.base import cosine_momentum  # noqa: E402
 from smt.ssl.optim import LARS, clip_group_gradients, lars_eta  # noqa: E402
 from smt.ssl.sampler import ClassBatchSampler  # noqa: E402
+from _ssl_common import _one_thread  # noqa: E402,F401  (autouse: one torch thread)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _lars_step(mode: str, lr: float, peak: float, eta: float = 0.02) -> torch.Tensor:

@@ -3,7 +3,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from _ssl_common import one_step_lowers_the_loss, resume_matches_an_uninterrupted_run  # noqa: E402
+from _ssl_common import _one_thread, one_step_lowers_the_loss, resume_matches_an_uninterrupted_run  # noqa: E402,F401
 from smt.ssl import build_method  # noqa: E402
 from smt.ssl.equivariant import P4Conv, P4ResNet18, rot90  # noqa: E402
 from smt.ssl.hssl import draw_group_pairs, fibre_pairs, rotate_each  # noqa: E402
@@ -11,13 +11,6 @@ from smt.ssl.optim import LARS, param_groups  # noqa: E402
 
 TINY = dict(p4_width=1, proj_hidden=8)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _rel(a, b):

@@ -5,20 +5,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from _ssl_common import one_step_lowers_the_loss, resume_matches_an_uninterrupted_run  # noqa: E402
+from _ssl_common import _one_thread, one_step_lowers_the_loss, resume_matches_an_uninterrupted_run  # noqa: E402,F401
 from smt.ssl import build_method  # noqa: E402
 from smt.ssl.manifoldclr import (LieOperators, laplace_kl, laplace_noise, reparameterize,  # noqa: E402
                                  select_max_elbo)
 
 TINY = dict(width=2, proj_hidden=8, n_operators=4, operator_block=4, encoder_hidden=8, n_samples=3)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_zero_coefficients_give_the_identity():
