@@ -115,8 +115,8 @@ def test_loader_download_leaves_existing_root_clean(server, tmp_path, monkeypatc
     monkeypatch.setattr(mnist, "MNIST_MIRRORS", [server + "trickle/"])
     with pytest.raises(DownloadError, match="deadline"):
         load_mnist(tmp_path, split="test")
-    # the data set's own folder stays, empty, where the error says to put the file
-    assert _leftovers(tmp_path) == ["mnist"]
+    # nothing is left behind, not even the data set's own folder (the error names it)
+    assert _leftovers(tmp_path) == []
 
 
 def test_folder_where_a_data_file_should_be(tmp_path):

@@ -303,11 +303,9 @@ def fetch(
         )
 
     failures: list[str] = []
-    # A tree of folders this call makes is removed again if nothing arrives (a mistyped root leaves
-    # nothing behind); the data set's own folder in an existing root stays, empty: the error says to
-    # put the file there.
+    # The folders this call makes are removed again if nothing arrives: a failed or mistyped
+    # download leaves nothing behind (the error names the folder to put the file in).
     made = [p for p in [folder, *folder.parents] if not p.exists()]
-    made = made if len(made) > 1 else []
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
