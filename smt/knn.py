@@ -53,6 +53,7 @@ _EPS = 1e-12
 _MAX_REFERENCES = 2**32  # global indices are packed into the low 32 bits of a key
 _LOW32 = 0xFFFFFFFF
 _INT32_MAGNITUDE = 0x7FFFFFFF
+_MAX_SCORE_BYTES = 4 << 30  # predict_scores' (queries, class indices) votes: refuse beyond this
 _NO_KEY = torch.iinfo(torch.int64).min  # pads candidate lists; never enters a full top-k
 # Error bound of the bf16 screen (see StreamingKNN._screen): bfloat16 keeps 8 significant bits,
 # so rounding the GEMM's output moves it by at most 2^-9 of its value (2^-8 leaves a margin).
@@ -492,6 +493,12 @@ class StreamingKNN:
                 f"({self.n_classes_seen})"
             )
         weights, labels = self._vote(k, temperature, stabilize)
+        if self.n_queries * int(n_classes) * 4 > _MAX_SCORE_BYTES:
+            raise ValueError(
+                f"predict_scores would allocate {self.n_queries} x {int(n_classes)} float32 votes "
+                f"({self.n_queries * int(n_classes) * 4 / 2**30:.1f} GiB: one column per class index up to "
+                f"the largest label); use predict() or accuracy(), which vote over the labels present "
+                f"(classes_), or relabel the classes 0..C-1")
         scores = torch.zeros((self.n_queries, int(n_classes)), dtype=torch.float32, device=self.device)
         return scores.scatter_add_(1, labels, weights)
 
@@ -513,7 +520,7 @@ class StreamingKNN:
         by the labels present, not by the largest label (one label of 2,000,000 is one column)."""
         weights, labels = self._vote(k, temperature, stabilize=True)
         scores = torch.zeros((self.n_queries, len(classes)), dtype=torch.float32, device=self.device)
-        return scores.scatter_add_(1, torch.searchsorted(classes, labels), weights)
+        return scores.scatter_add_(1, torch.searchsorted(classes, labels.contiguous()), weights)
 
     def predict(self) -> torch.Tensor:
         """Predicted labels, shape (n_queries,), int64 (ties: lower class index)."""

@@ -163,3 +163,12 @@ def test_cli_bad_seed_without_traceback(capsys, seed):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "argument --seed" in err and "Traceback" not in err
+
+
+def test_knn_scores_by_class_index_refuse_a_huge_label():
+    from smt.knn import StreamingKNN
+    knn = StreamingKNN(np.ones((3000, 2)), k=1, device="cpu")
+    knn.update(np.ones((2, 2)), np.array([0, 2_000_000]))
+    assert knn.predict().shape == (3000,)  # votes over the labels present
+    with pytest.raises(ValueError, match="GiB"):
+        knn.predict_scores()
