@@ -1,6 +1,7 @@
 """The SMT image estimator: patches -> whitening -> dictionary -> sparse codes -> spectral
 embedding -> average pooling, behind the scikit-learn transformer API."""
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +47,7 @@ _DENSE_MIN_ATOMS = 100
 # follow the width of the codes.
 _CODE_BYTES = 3 << 29  # 1.5 GiB: a batch of 256 CIFAR-10 images at K 8192 in one step
 _FIRST_CODE_STEP = 8  # images coded before the width of their codes is known
+_MAX_DICT_EPOCHS = 1000
 # Algorithm 1 walks the front-end images in groups of about this many of its batches' worth of patches.
 _DICT_GROUP_BATCHES = 16
 
@@ -105,7 +107,7 @@ class SMT(TransformerMixin, BaseEstimator):
     whiten_eps : float, default=1e-3
         Added to the covariance eigenvalues (pixels in [0, 1]).
     dict_epochs : int, default=1
-        Passes of Algorithm 1; 0 keeps the K sampled training patches as the dictionary.
+        Passes of Algorithm 1 (at most 1000); 0 keeps the K sampled training patches as the dictionary.
     dict_batch_size : int, default=4096
     dict_lr : float, default=0.1
     dict_max_patches : int or None, default=None
@@ -205,7 +207,8 @@ class SMT(TransformerMixin, BaseEstimator):
         # Beyond 1e6 the whitening is the identity over sqrt(eps) to 1e-6 (the codes do not change),
         # and float32 loses the patches once eps passes 1e76.
         "whiten_eps": [Interval(Real, 0, 1e6, closed="right")],
-        "dict_epochs": [Interval(Integral, 0, None, closed="left")],
+        # One epoch is the paper's; the bound turns a mistyped count into an error, not a run of years.
+        "dict_epochs": [Interval(Integral, 0, _MAX_DICT_EPOCHS, closed="both")],
         "dict_batch_size": [Interval(Integral, 1, None, closed="left")],
         # 0 would leave the sampled atoms where they are: that is dict_epochs=0. Beyond 1e6 an
         # atom steps to its mean residual's direction whatever the value (float32 overflows ~1e35).
@@ -519,6 +522,7 @@ class SMT(TransformerMixin, BaseEstimator):
         when the statistics pass computes all of them, and stays empty otherwise.
         """
         self._check_params()
+        _check_statistics_fit_in_memory(self.n_atoms)
         stream = self.__dict__.get("_stream")
         if stream is None and hasattr(self, "components_"):
             raise ValueError("partial_fit continues a fit made in this process or a model saved with "
@@ -949,6 +953,20 @@ class SMT(TransformerMixin, BaseEstimator):
 
     def _model_params(self):
         return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS}
+
+
+def _check_statistics_fit_in_memory(n_atoms):
+    """The fit holds G and M, two (K, K) float64 sums, and the solve a copy of each: refuse a K
+    whose 4 K^2 float64 values exceed this machine's memory, before any work."""
+    need = 4 * 8 * n_atoms ** 2
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+        return
+    if need > have:
+        raise ValueError(f"SMT: n_atoms={n_atoms} needs {need / 2**30:.1f} GiB for the code statistics and "
+                         f"their solve (four {n_atoms} x {n_atoms} float64 arrays), more than this machine's "
+                         f"{have / 2**30:.1f} GiB; lower n_atoms")
 
 
 def _as_buffer(images, copy=False):

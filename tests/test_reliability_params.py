@@ -211,3 +211,14 @@ def test_other_parameters_may_change_after_fit(digits, fitted):
 def test_tensor_device_parameter(digits):
     model = small_smt(device=torch.device("cpu")).fit(digits[0][:100])
     assert model.transform(digits[0][:2]).shape[0] == 2
+
+
+def test_values_that_would_run_for_years_or_exhaust_memory_are_refused():
+    from sklearn.datasets import load_digits
+
+    from smt import SMT
+    x = load_digits().images[:20] / 16.0
+    with pytest.raises(ValueError, match="dict_epochs"):
+        SMT(patch_size=3, n_atoms=16, n_components=4, pool_size=3, dict_epochs=2**70).fit(x)
+    with pytest.raises(ValueError, match="n_atoms=10000000 needs .* GiB"):
+        SMT(patch_size=3, n_atoms=10_000_000, n_components=4, pool_size=3).fit(x)
