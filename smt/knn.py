@@ -43,7 +43,7 @@ try:  # pairs read in place, in parallel; torch's gathers otherwise (the same si
     from smt._pair_dots import pair_dots
 except ImportError:  # numba is optional: pip install "sparse-manifold-transform[fast]"
     pair_dots = None
-from smt._validation import DEVICE, Integral, Interval, Real, check_param, check_params
+from smt._validation import DEVICE, Integral, Interval, Real, StrOptions, check_param, check_params
 
 __all__ = ["PRECISIONS", "StreamingKNN", "knn_accuracy"]
 
@@ -126,7 +126,8 @@ _PARAMS = {"k": [Interval(Integral, 1, None, closed="left")],
            "temperature": [Interval(Real, 0, None, closed="neither")],
            "device": DEVICE,
            "query_batch_size": [Interval(Integral, 1, None, closed="left")],
-           "batch_size": [Interval(Integral, 1, None, closed="left")]}
+           "batch_size": [Interval(Integral, 1, None, closed="left")],
+           "precision": [StrOptions(set(PRECISIONS))]}
 
 
 def _check_k_temperature(k: int, temperature: float, caller: str = "StreamingKNN") -> None:
@@ -270,13 +271,11 @@ class StreamingKNN:
         precision: str = "float32",
     ) -> None:
         _check_k_temperature(k, temperature, "StreamingKNN.predict_scores")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.k = int(k)
         self.temperature = float(temperature)
         self.device = resolve_device(check_param("device", device, DEVICE, "StreamingKNN"))
         self.query_batch_size = _check_batch_size(query_batch_size, "query_batch_size")
-        self.precision = precision
+        self.precision = check_param("precision", precision, _PARAMS["precision"], "StreamingKNN")
         q = _to_float_tensor(queries, "queries", self.device)
         if q.shape[0] == 0:
             raise ValueError("queries is empty")
