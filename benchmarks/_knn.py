@@ -2,6 +2,7 @@
 images, embed train and test, score the paper's weighted kNN, and print the time and peak
 memory of each stage."""
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -28,6 +29,120 @@ _HELP = {
     "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32)",
     "max_coherence": "start the dictionary from patches with pairwise cosines at most this ([A]: 0.35)",
 }
+
+
+class WhitenedPCA:
+    """Centre, project on the top principal directions of the training embeddings, and whiten.
+
+    Unsupervised post-processing of the embedding before the kNN: learned from training embeddings
+    only (no label), from the Gram matrix of a subsample (N images << D features: a D x D
+    covariance of CIFAR's 55,296 features would not fit).
+
+    Parameters
+    ----------
+    n_components : int
+        Principal directions kept (P).
+    """
+
+    def __init__(self, n_components):
+        self.n_components = n_components
+
+    def fit(self, x):
+        """Learn the mean, directions and standard deviations from ``x`` of shape (N, D), float32.
+
+        ``x`` is centred in place (the caller hands over its buffer: no copy of N x D beside it).
+        """
+        x = torch.as_tensor(x)
+        self.mean_ = x.mean(0, dtype=torch.float64).float()
+        x -= self.mean_
+        # The Gram matrix summed in float64 over float32 blocks of features: float32 GEMM speed,
+        # float64 sums across the 55,296 features
+        gram = torch.zeros(len(x), len(x), dtype=torch.float64)
+        for start in range(0, x.shape[1], 4096):
+            block = x[:, start:start + 4096]
+            gram += (block @ block.T).double()
+        evals, evecs = torch.linalg.eigh(gram)
+        p = min(self.n_components, len(x) - 1)
+        evals, evecs = evals.flip(0)[:p].clamp_min(1e-12), evecs.flip(1)[:, :p]
+        # unit directions V^T = S^-1 U^T X, and the standard deviation along each
+        self.components_ = ((evecs.T.float() @ x) / evals.sqrt().float()[:, None]).contiguous()
+        self.std_ = (evals / len(x)).sqrt().float()
+        return self
+
+    def transform(self, x):
+        """``x`` of shape (n, D) -> whitened coordinates of shape (n, P), float32."""
+        return ((torch.as_tensor(x) - self.mean_) @ self.components_.T) / self.std_
+
+
+def validation_split(n_images, n_copies, fraction=0.1):
+    """Queries and references for choosing k and T without the test set: the last ``fraction`` of
+    the ``n_images`` original training images against the others, leaving out the queries'
+    augmented copies (copy ``j`` of image ``i`` is image ``i + j * n_images``, as ``add_mirrors``
+    and ``add_gray_copies`` order them), which would be near-duplicates with the query's label."""
+    n_val = max(1, int(n_images * fraction))
+    is_query = np.zeros(n_images * n_copies, bool)
+    is_query[n_images - n_val:n_images] = True
+    held_out = np.tile(is_query[:n_images], n_copies)
+    return np.flatnonzero(is_query), np.flatnonzero(~held_out)
+
+
+def choose_k_temperature(train, y_train, queries, refs, k_grid, t_grid):
+    """The (k, T) of the grid with the best validation top-1 (ties: smaller k, larger T), and that top-1."""
+    knn = StreamingKNN(train[queries], k=max(k_grid), device="cpu")
+    for start in range(0, len(refs), 8192):
+        part = refs[start:start + 8192]
+        knn.update(train[part], y_train[part])
+    val = {(k, t): knn.accuracy(y_train[queries], (1,), k=k, temperature=t)["top1"]
+           for k, t in itertools.product(k_grid, t_grid)}
+    return max(val.items(), key=lambda kv: (kv[1], -kv[0][0], kv[0][1]))
+
+
+class _WhitenedStream:
+    """Training embeddings as they stream past the kNN, whitened by a PCA learned on the first
+    ``n_fit`` of them (held until then), kept in P dimensions."""
+
+    def __init__(self, n_components, n_fit):
+        self.pca = WhitenedPCA(n_components)
+        self.n_fit = n_fit
+        self.seconds = 0.0
+        self._held = None
+        self._n_held = 0
+        self._test = None
+        self._train = []
+
+    def add(self, z, z_test):
+        tic = time.perf_counter()
+        z = torch.as_tensor(z)
+        if self._test is None:
+            if self._held is None:
+                self._held = torch.empty(self.n_fit, z.shape[1])
+            take = min(len(z), self.n_fit - self._n_held)
+            self._held[self._n_held:self._n_held + take] = z[:take]
+            self._n_held += take
+            z = z[take:]
+            if self._n_held == self.n_fit:
+                self.pca.fit(self._held)  # centres the held rows in place
+                self._train.append((self._held @ self.pca.components_.T) / self.pca.std_)
+                self._held = None
+                self._test = self.pca.transform(z_test)
+        if self._test is not None and len(z):
+            self._train.append(self.pca.transform(z))
+        self.seconds += time.perf_counter() - tic
+
+    def score(self, y_train, y_test, n_originals, args):
+        """Test top-1 at the benchmark's k / T, and at the k / T chosen on a validation split."""
+        if self._test is None:
+            raise ValueError(f"--pca-images {self.n_fit} exceeds the training images")
+        train = torch.cat(self._train)
+        queries, refs = validation_split(n_originals, len(train) // n_originals)
+        (k, t), val = choose_k_temperature(train, np.asarray(y_train), queries, refs, args.k_grid, args.t_grid)
+        knn = StreamingKNN(self._test, k=max(args.k, k), device="cpu")
+        for start in range(0, len(train), 8192):
+            knn.update(train[start:start + 8192], y_train[start:start + 8192])
+        return {"top1": knn.accuracy(y_test, (1,), k=args.k, temperature=args.temperature)["top1"],
+                "k": k, "t": t, "val_top1": val,
+                "top1_chosen": knn.accuracy(y_test, (1,), k=k, temperature=t)["top1"],
+                "seconds_in_embed_train": self.seconds}
 
 
 def _value(text):
@@ -85,6 +200,14 @@ def parser(doc, **defaults):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="checkpoint file for the fit (resumes when present)")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
+    ap.add_argument("--whiten-pca", type=int, default=0, metavar="P",
+                    help="also score the embedding centred, projected on its top P principal directions and "
+                         "whitened (learned on the first --pca-images training embeddings), with k and T "
+                         "chosen on a validation split of the training set (default 0: not scored)")
+    ap.add_argument("--pca-images", type=int, default=10000,
+                    help="training embeddings the whitened PCA is learned from")
+    ap.add_argument("--k-grid", type=int, nargs="+", default=[10, 20, 30, 50, 100, 200, 400, 800])
+    ap.add_argument("--t-grid", type=float, nargs="+", default=[0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2])
     ap.set_defaults(**defaults)
     return ap
 
@@ -114,6 +237,7 @@ def run(args, load, name, paper):
         x_test, y_test = load(args.data, "test")
         x_train, y_train = x_train[:args.n_train], y_train[:args.n_train]
         x_test, y_test = x_test[:args.n_test], y_test[:args.n_test]
+        n_originals = len(x_train)
         if args.grayscale_aug == "copies":
             x_train, y_train = add_gray_copies(x_train, y_train)
         if args.flips:
@@ -127,17 +251,27 @@ def run(args, load, name, paper):
         first = next(train_chunks)
     with meter.stage("embed test"):
         z_test = model.transform(x_test)
+    post = _WhitenedStream(args.whiten_pca, min(args.pca_images, len(x_train))) if args.whiten_pca else None
     with meter.stage("embed train + kNN"):
         knn = StreamingKNN(z_test, k=args.k, temperature=args.temperature, device=args.device,
                            precision=args.knn_precision)
-        del z_test  # the kNN holds its own normalised copy
+        if post is None:
+            del z_test  # the kNN holds its own normalised copy
         knn.update(first, y_train[:chunk])
+        if post is not None:
+            post.add(first, z_test)
         del first
         for i, z in enumerate(train_chunks, start=1):
             knn.update(z, y_train[i * chunk:(i + 1) * chunk])
+            if post is not None:
+                post.add(z, z_test)
         acc = knn.accuracy(y_test)
     # solo-learn's defaults (k 20, T 0.07), for comparison with other tables (spec 10-Q10)
     acc["top1_k20_t0.07"] = knn.accuracy(y_test, (1,), k=20, temperature=0.07)["top1"] if args.k >= 20 else None
+    if post is not None:
+        del z_test, knn
+        with meter.stage(f"kNN on whitened PCA {args.whiten_pca}"):
+            acc["whitened_pca"] = post.score(y_train, y_test, n_originals, args)
 
     extras = [name for name, on in (("gray copies", args.grayscale_aug == "copies"), ("mirrors", args.flips)) if on]
     fitted_on = f"train {len(x_train)}" + (f" (with {' and '.join(extras)})" if extras else "")
@@ -148,11 +282,18 @@ def run(args, load, name, paper):
     print(f"top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}   (paper: {paper})")
     if acc["top1_k20_t0.07"] is not None:
         print(f"top-1 with solo-learn's k 20, T 0.07: {acc['top1_k20_t0.07']:.2f}")
+    if post is not None:
+        w = acc["whitened_pca"]
+        print(f"whitened PCA {args.whiten_pca} (learned on the first {post.n_fit} training embeddings): "
+              f"top-1 {w['top1']:.2f} at k {args.k}, T {args.temperature}; k {w['k']}, T {w['t']} chosen on "
+              f"validation (val top-1 {w['val_top1']:.2f}): test top-1 {w['top1_chosen']:.2f}; "
+              f"learning and projecting took {post.seconds:.0f} s of 'embed train + kNN'")
     if args.json:
         row = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} {torch.get_num_threads()} threads",
                "device": str(resolve_device(args.device)),
                "args": vars(args), "top1": acc["top1"], "top5": acc["top5"],
-               "top1_k20_t0.07": acc["top1_k20_t0.07"], "fit_stats": model.fit_stats_,
+               "top1_k20_t0.07": acc["top1_k20_t0.07"], "whitened_pca": acc.get("whitened_pca"),
+               "fit_stats": model.fit_stats_,
                "stages": meter.rows, "n_features_out": int(model.n_features_out_),
                "atom_usage_nonzero": int(np.count_nonzero(model.atom_usage_))}
         with open(args.json, "a") as f:

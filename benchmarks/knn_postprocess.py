@@ -16,38 +16,27 @@ The k / T search holds out the last 10 % of the training images as queries again
 images as references, next to the fixed k 30 / T 0.03 of the paper's protocol.
 """
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _knn import WhitenedPCA, choose_k_temperature, validation_split  # noqa: E402
 
 from smt import SMT  # noqa: E402
 from smt.datasets import load_cifar10  # noqa: E402
 from smt.knn import StreamingKNN  # noqa: E402
 
 
-def top1(train, y_train, test, y_test, k=30, temperature=0.03, extra=()):
-    """Top-1 at (k, T), and at each (k', T') of ``extra`` from the same neighbours (k' <= k)."""
-    knn = StreamingKNN(test, k=max([k] + [kk for kk, _ in extra]), temperature=temperature, device="cpu")
+def top1(train, y_train, test, y_test, k=30, temperature=0.03):
+    """Top-1 at (k, T) with every training embedding as reference."""
+    knn = StreamingKNN(test, k=k, temperature=temperature, device="cpu")
     for start in range(0, len(train), 4096):
         knn.update(train[start:start + 4096], y_train[start:start + 4096])
-    main = knn.accuracy(y_test, (1,), k=k, temperature=temperature)["top1"]
-    return main, {(kk, tt): knn.accuracy(y_test, (1,), k=kk, temperature=tt)["top1"] for kk, tt in extra}
-
-
-def principal_directions(train, n_components):
-    """Top principal directions (P, D) and standard deviations (P,) of centred ``train`` (N, D),
-    from the eigenvectors of the N x N Gram matrix (N << D)."""
-    x = torch.as_tensor(train, dtype=torch.float64)
-    evals, evecs = torch.linalg.eigh(x @ x.T)
-    evals, evecs = evals.flip(0)[:n_components].clamp_min(1e-12), evecs.flip(1)[:, :n_components]
-    directions = (evecs.T @ x) / evals.sqrt()[:, None]           # unit rows: V^T = S^-1 U^T X
-    return directions.float().numpy(), np.sqrt(evals.numpy() / len(train)).astype(np.float32)
+    return knn.accuracy(y_test, (1,))["top1"]
 
 
 def main(argv=None):
@@ -82,25 +71,23 @@ def main(argv=None):
     for p in args.pca:
         if p >= len(z_train):
             continue
-        directions, std = principal_directions(variants["centred"][0], p)
-        proj_train, proj_test = variants["centred"][0] @ directions.T, variants["centred"][1] @ directions.T
-        variants[f"pca {p}"] = (proj_train, proj_test)
-        variants[f"pca {p} whitened"] = (proj_train / std, proj_test / std)
+        pca = WhitenedPCA(p).fit(z_train.copy())
+        whitened_train, whitened_test = pca.transform(z_train).numpy(), pca.transform(z_test).numpy()
+        std = pca.std_.numpy()
+        variants[f"pca {p}"] = (whitened_train * std, whitened_test * std)
+        variants[f"pca {p} whitened"] = (whitened_train, whitened_test)
 
     # k and T on a validation split of the training images (never the test set)
-    n_val = len(z_train) // 10
-    grid = list(itertools.product(args.k_grid, args.t_grid))
+    queries, refs = validation_split(len(z_train), 1)
     print(f"\nCIFAR-10 kNN top-1, train {len(z_train)}, test {len(z_test)}, K {args.n_atoms}, "
           f"d {args.n_components}, seed {args.seed}")
     print("| variant | top-1 (k 30, T 0.03) | k, T chosen on validation (val top-1) | test top-1 at chosen |")
     print("|---|---|---|---|")
     results = {}
     for name, (tr, te) in variants.items():
-        fixed, _ = top1(tr, y_train, te, y_test)
-        _, val = top1(tr[:-n_val], y_train[:-n_val], tr[-n_val:], y_train[-n_val:],
-                      k=max(args.k_grid), extra=grid)
-        (k, t), best_val = max(val.items(), key=lambda kv: (kv[1], -kv[0][0], kv[0][1]))
-        chosen, _ = top1(tr, y_train, te, y_test, k=k, temperature=t)
+        fixed = top1(tr, y_train, te, y_test)
+        (k, t), best_val = choose_k_temperature(tr, y_train, queries, refs, args.k_grid, args.t_grid)
+        chosen = top1(tr, y_train, te, y_test, k=k, temperature=t)
         results[name] = {"fixed": fixed, "k": k, "t": t, "val": best_val, "chosen": chosen}
         print(f"| {name} | {fixed:.2f} | k {k}, T {t} ({best_val:.2f}) | {chosen:.2f} |")
     return results

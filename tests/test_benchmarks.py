@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -24,10 +25,14 @@ def test_knn_cifar_script_with_augmentations(data_root, capsys):
     if not (Path(data_root) / "cifar10").exists():
         pytest.skip("no CIFAR-10 copy")
     import knn_cifar
-    acc = knn_cifar.main(["--data", data_root, *TINY, "--grayscale-aug", "--flips", "--knn-precision", "bf16"])
+    acc = knn_cifar.main(["--data", data_root, *TINY, "--grayscale-aug", "--flips", "--knn-precision", "bf16",
+                          "--whiten-pca", "16", "--pca-images", "200", "--k-grid", "10", "30", "--t-grid", "0.03"])
     out = capsys.readouterr().out
     assert "train 600 (with mirrors)" in out and "paper: 83.2" in out
     assert 0 <= acc["top1"] <= 100
+    white = acc["whitened_pca"]
+    assert white["k"] in (10, 30) and white["t"] == 0.03 and 0 <= white["top1_chosen"] <= 100
+    assert "whitened PCA 16 (learned on the first 200 training embeddings)" in out
 
 
 def test_speed_script_prints_every_table(data_root, capsys):
@@ -119,3 +124,24 @@ def test_knn_benchmark_offers_every_smt_parameter():
     assert params["n_atoms"] == 128 and params["random_state"] == 0 and params["verbose"]
     assert ap.parse_args(["--context", "image"]).context == "image"
     SMT(**params)  # the options build a valid estimator
+
+
+def test_whitened_pca_is_scikit_learns_whitened_pca():
+    import _knn
+    from sklearn.decomposition import PCA
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((300, 800)) * np.linspace(3, 0.1, 800) + 5).astype(np.float32)
+    ours = _knn.WhitenedPCA(20).fit(x.copy()).transform(x).numpy()
+    ref = PCA(20, whiten=True, svd_solver="full").fit(x).transform(x)
+    signs = np.sign((ours * ref).sum(0))
+    # scikit-learn's variances divide by n - 1, ours by n
+    np.testing.assert_allclose(ours * signs, ref * np.sqrt(len(x) / (len(x) - 1)), atol=2e-3)
+    np.testing.assert_allclose(ours.var(0), 1, atol=1e-3)
+
+
+def test_validation_split_keeps_the_queries_copies_out_of_the_references():
+    import _knn
+    queries, refs = _knn.validation_split(20, 3, fraction=0.1)  # images, mirrors, gray copies
+    assert queries.tolist() == [18, 19]
+    assert not set(refs) & {18, 19, 38, 39, 58, 59}
+    assert len(refs) == 60 - 6
