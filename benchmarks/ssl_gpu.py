@@ -33,18 +33,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smt.ssl import TrainConfig
 from smt.ssl import train as ssl_train
 
-RUNS = [  # (method, budget seconds, extra argv)
-    ("simclr", 60, []),
-    ("simclr", 50, ["--lars-mode", "scaled"]),
-    ("carp", 70, ["--carp-k", "4096", "--carp-block", "128", "--carp-ema", "0.99"]),
-    ("simclr_adamw", 60, []),
-    ("manifoldclr", 90, ["--mclr-operators", "32", "--mclr-block", "64", "--mclr-samples", "20"]),
-    ("hssl", 50, ["--p4-width", "16"]),
-    ("assl", 50, ["--p4-width", "16"]),
-    ("hssl_unstructured", 50, ["--p4-width", "16"]),
+RUNS = [  # (method, budget seconds, TrainConfig settings, ModelConfig settings)
+    ("simclr", 60, {}, {}),
+    ("simclr", 50, {"lars_mode": "scaled"}, {}),
+    ("carp", 70, {}, {"carp_k": 4096, "carp_block": 128, "carp_ema": 0.99}),
+    ("simclr_adamw", 60, {}, {}),
+    ("manifoldclr", 90, {}, {"mclr_operators": 32, "mclr_block": 64, "mclr_samples": 20}),
+    ("hssl", 50, {}, {"p4_width": 16}),
+    ("assl", 50, {}, {"p4_width": 16}),
+    ("hssl_unstructured", 50, {}, {"p4_width": 16}),
 ]
+# the same runs at toy sizes (--smoke)
+SMOKE_MODEL = {"width": 2, "proj_hidden": 16, "carp_k": 64, "carp_block": 16, "mclr_operators": 4, "mclr_block": 4,
+               "mclr_samples": 2, "p4_width": 1}
 
 
 def load(data: Path):
@@ -61,7 +65,7 @@ def table(rows) -> str:
     for r in rows:
         along = ", ".join(f"{h['epoch']}: {h['top1']:.1f}" for h in r["history"] if h.get("top1") is not None)
         logs = ", ".join(f"{k} {v:.3g}" for k, v in r["history"][-1].get("logs", {}).items())
-        lines.append(f"| {r['args']['method']} | {r.get('lars_mode') or ''} | {r['device']} | {r['train_seconds']:.0f} | {r['epochs_done']} | "
+        lines.append(f"| {r['method']} | {r.get('lars_mode') or ''} | {r['device']} | {r['train_seconds']:.0f} | {r['epochs_done']} | "
                      f"{r['steps']} | {r['top1']:.2f} | {r['top5']:.2f} | {along} | {logs} |")
     return "\n".join(lines)
 
@@ -87,25 +91,22 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     data = load(Path(args.data))
-    size = ["--device", "cuda", "--width", "64", "--batch-size", "512"]
+    device, batch_size, model_size = "cuda", 512, {"width": 64}
     if args.smoke:
         data = (data[0][:256], data[1][:256], data[2][:128], data[3][:128])
-        size = ["--device", "cpu", "--width", "2", "--batch-size", "64", "--proj-hidden", "16", "--threads", "1"]
+        device, batch_size, model_size = "cpu", 64, SMOKE_MODEL
+        torch.set_num_threads(1)
         args.scale = 2 / 60
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu (smoke)"
     print(f"{gpu}: train {len(data[0])}, test {len(data[2])}", flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     rows, tic = [], time.perf_counter()
-    for method, budget, extra in RUNS:
+    for method, budget, train_kw, model_kw in RUNS:
         if args.only and method not in args.only:
             continue
-        if args.smoke:  # the same options at toy sizes
-            extra = {**dict(zip(extra[::2], extra[1::2])), "--carp-k": "64", "--carp-block": "16",
-                     "--mclr-operators": "4", "--mclr-block": "4", "--mclr-samples": "2", "--p4-width": "1"}
-            extra = [t for k, v in extra.items() for t in (k, v)]
-        argv_ = ["--method", method, *size, "--epochs", str(args.epochs),
-                 "--budget-minutes", str(budget * args.scale / 60), "--eval-every", "10", "--no-progress", *extra]
-        row = ssl_train.main(argv_, data)
+        config = TrainConfig(epochs=args.epochs, batch_size=batch_size, budget_minutes=budget * args.scale / 60,
+                             eval_every=10, device=device, progress=False, **train_kw)
+        row = ssl_train.run(method, config, data, ssl_train.ModelConfig(**{**model_kw, **model_size}))
         row["gpu"] = gpu
         if torch.cuda.is_available():
             row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30

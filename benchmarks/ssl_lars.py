@@ -15,6 +15,7 @@ import json
 
 import torch
 
+from smt.ssl import TrainConfig
 from smt.ssl import train as ssl_train
 
 
@@ -25,9 +26,9 @@ def table(rows) -> str:
         ls = r["step_losses"]
         n = len(ls)
         if not n:
-            lines.append(f"| {r['args']['method']} | {r['lars_mode']} | {r.get('diverged', 'no steps')} ||||||")
+            lines.append(f"| {r['method']} | {r['lars_mode']} | {r.get('diverged', 'no steps')} ||||||")
             continue
-        lines.append(f"| {r['args']['method']} | {r['lars_mode']} | {n} | {ls[0]:.3f} | {ls[n // 4]:.3f} | "
+        lines.append(f"| {r['method']} | {r['lars_mode']} | {n} | {ls[0]:.3f} | {ls[n // 4]:.3f} | "
                      f"{ls[n // 2]:.3f} | {sum(ls[-5:]) / len(ls[-5:]):.3f} | {r['top1']:.2f} |")
     return "\n".join(lines)
 
@@ -36,11 +37,11 @@ def plot(rows, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    methods = sorted({r["args"]["method"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.5), squeeze=False)
     for ax, m in zip(axes[0], methods):
         for r in rows:
-            if r["args"]["method"] == m:
+            if r["method"] == m:
                 ax.plot(range(1, len(r["step_losses"]) + 1), r["step_losses"],
                         label=f"{r['lars_mode']} (kNN {r['top1']:.1f})")
         ax.set_title(m)
@@ -74,17 +75,17 @@ def main(argv=None):
         if args.threads:
             torch.set_num_threads(args.threads)
         rows = []
+        data = ssl_train.load_data("cifar10", args.data, args.n_train, args.n_test)
         for m in args.methods:
             for mode in args.modes:
+                config = TrainConfig(epochs=args.epochs, budget_minutes=args.budget_minutes, eval_every=0,
+                                     lars_mode=mode, augment=args.augment, seed=args.seed, device=args.device,
+                                     clock=args.clock, progress=False)
                 try:
-                    row = ssl_train.main(["--method", m, "--data", str(args.data), "--n-train", str(args.n_train),
-                                          "--n-test", str(args.n_test), "--epochs", str(args.epochs),
-                                          "--budget-minutes", str(args.budget_minutes), "--eval-every", "0",
-                                          "--lars-mode", mode, "--augment", args.augment,
-                                          *ssl_train.model_argv(args), "--no-progress"])
+                    row = ssl_train.run(m, config, data, ssl_train.model_config(args))
                 except FloatingPointError as e:   # a diverged run is a result too
                     print(e)
-                    row = {"args": {"method": m}, "lars_mode": mode, "step_losses": [], "top1": float("nan"),
+                    row = {"method": m, "lars_mode": mode, "step_losses": [], "top1": float("nan"),
                            "diverged": str(e)}
                 rows.append(row)
                 with open(args.json, "a") as f:

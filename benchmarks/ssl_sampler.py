@@ -23,21 +23,22 @@ import sys
 
 import torch
 
+from smt.ssl import TrainConfig
 from smt.ssl import train as ssl_train
 
 NAMES = {"simclr": "SimCLR", "vicreg": "VICReg", "msn": "MSN", "pmsn": "PMSN", "carp": "CARP"}
 
 
 def configs(args):
-    """(experiment, method, extra argv) of every run."""
+    """(experiment, method, data settings, TrainConfig settings) of every run."""
     runs = []
     if args.only in (None, "balance"):
         for m in args.balance_methods:
             for k in (10, args.imbalanced_k):
-                runs.append(("balance", m, ["--n-train", str(args.n_train), "--classes-per-batch", str(k)]))
+                runs.append(("balance", m, {"n_train": args.n_train}, {"classes_per_batch": k}))
     if args.only in (None, "prior"):
         for m in ("msn", "pmsn"):
-            runs.append(("prior", m, ["--long-tail", str(args.long_tail), "--long-tail-exponent", "1.0"]))
+            runs.append(("prior", m, {"long_tail": args.long_tail, "long_tail_exponent": 1.0}, {}))
     return runs
 
 
@@ -45,13 +46,13 @@ def table(rows):
     lines = [f"| experiment | method | train set | batches | budget s ({rows[0].get('clock', 'wall')}) | epochs | steps | kNN top-1 | top-5 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        a = r["args"]
+        c = r["config"]
         train = (f"long-tailed {r['n_train']} ({r['class_counts'][0]}..{r['class_counts'][-1]} per class)"
-                 if a["long_tail"] else f"first {r['n_train']}")
-        k = a["classes_per_batch"]
+                 if r["data"].get("long_tail") else f"first {r['n_train']}")
+        k = c["classes_per_batch"]
         batches = "shuffled" if k is None else (f"K={k} (balanced)" if k == 10 else f"K={k} (imbalanced)")
-        lines.append(f"| {r['experiment']} | {NAMES[a['method']]} | {train} | {batches} | "
-                     f"{60 * a['budget_minutes']:.0f} | {r['epochs_done']} | {r['steps']} | {r['top1']:.2f} | "
+        lines.append(f"| {r['experiment']} | {NAMES[r['method']]} | {train} | {batches} | "
+                     f"{60 * c['budget_minutes']:.0f} | {r['epochs_done']} | {r['steps']} | {r['top1']:.2f} | "
                      f"{r['top5']:.2f} |")
     return "\n".join(lines)
 
@@ -80,13 +81,13 @@ def main(argv=None):
         if args.threads:
             torch.set_num_threads(args.threads)
         rows = []
-        for exp, method, extra in configs(args):
-            argv_ = ["--method", method, "--data", str(args.data), "--n-test", str(args.n_test),
-                     "--epochs", str(args.epochs), "--budget-minutes", str(args.budget_minutes),
-                     "--eval-every", str(args.eval_every), *ssl_train.model_argv(args), "--no-progress", *extra]
-            print(f"== {exp}: {method} {' '.join(extra)}", flush=True)
-            row = ssl_train.main(argv_)
-            row["experiment"] = exp
+        for exp, method, data_kw, train_kw in configs(args):
+            print(f"== {exp}: {method} {data_kw} {train_kw}", flush=True)
+            data = ssl_train.load_data("cifar10", args.data, n_test=args.n_test, seed=args.seed, **data_kw)
+            config = TrainConfig(epochs=args.epochs, budget_minutes=args.budget_minutes, eval_every=args.eval_every,
+                                 seed=args.seed, device=args.device, clock=args.clock, progress=False, **train_kw)
+            row = ssl_train.run(method, config, data, ssl_train.model_config(args))
+            row.update(experiment=exp, data=data_kw)
             rows.append(row)
             with open(args.json, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _knn  # noqa: E402
 
 from smt.datasets import load_cifar10  # noqa: E402
+from smt.ssl import TrainConfig  # noqa: E402
 from smt.ssl import train as ssl_train  # noqa: E402
 
 NAMES = {"smt": "SMT", "simclr": "SimCLR", "vicreg": "VICReg", "msn": "MSN", "pmsn": "PMSN", "carp": "CARP",
@@ -59,29 +60,11 @@ def run_smt(args) -> dict:
             "threads": torch.get_num_threads(), "history": [{"train_seconds": spent, "top1": acc["top1"]}]}
 
 
-def run_deep(args, method: str, budget_minutes: float) -> dict:
+def run_deep(args, method: str, budget_minutes: float, data) -> dict:
     """Train one deep method for ``budget_minutes`` of training time (smt.ssl.train)."""
-    argv = ["--method", method, "--data", str(args.data), "--n-train", str(args.n_train),
-            "--n-test", str(args.n_test), "--epochs", str(args.epochs), "--budget-minutes", str(budget_minutes),
-            "--eval-every", str(args.eval_every), *ssl_train.model_argv(args), "--no-progress",
-            *(["--augment", args.augment] if args.augment else [])]
-    row = ssl_train.main(argv)
-    row["method"] = method
-    row["backbone"] = backbone_name(args, method)
-    return row
-
-
-def backbone_name(args, method: str) -> str:
-    """The backbone (and the method's size settings) in words, for the table."""
-    if method in ("msn", "pmsn"):
-        return f"ViT dim {args.vit_dim}, depth {args.vit_depth}"
-    if method in ("hssl", "assl"):
-        return f"P4-ResNet-18 width {args.p4_width}"
-    if method == "hssl_unstructured":
-        return f"ResNet-18 width {4 * args.p4_width}, untied P4 shapes"
-    extra = {"carp": f"; K {args.carp_k}, N_B {args.carp_block}, EMA {args.carp_ema}",
-             "manifoldclr": f"; M {args.mclr_operators}, d {args.mclr_block}, J {args.mclr_samples}"}
-    return f"ResNet-18 width {args.width}{extra.get(method, '')}"
+    config = TrainConfig(epochs=args.epochs, budget_minutes=budget_minutes, eval_every=args.eval_every,
+                         seed=args.seed, device=args.device, clock=args.clock, progress=False, augment=args.augment)
+    return ssl_train.run(method, config, data, ssl_train.model_config(args))
 
 
 def table(rows: list[dict]) -> str:
@@ -89,7 +72,7 @@ def table(rows: list[dict]) -> str:
              "| epochs | steps | kNN top-1 | top-5 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        budget = r.get("args", {}).get("budget_minutes")
+        budget = r.get("config", r.get("args", {})).get("budget_minutes")  # "args": rows before stop 15
         opt = r.get("optimizer") or ""
         opt += f" ({r['lars_mode']})" if r.get("lars_mode") else ""
         lines.append(f"| {NAMES.get(r['method'], r['method'])} | {r['backbone']} | {r.get('augment') or ''} | {opt} | "
@@ -158,8 +141,9 @@ def main(argv=None):
             budget = budget or rows[0]["train_seconds"] / 60
         if budget is None:
             ap.error("--skip-smt needs --budget-minutes")
+        data = ssl_train.load_data("cifar10", args.data, args.n_train, args.n_test)
         for m in args.methods:
-            rows.append(run_deep(args, m, budget))
+            rows.append(run_deep(args, m, budget, data))
         with open(args.json, "a") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
