@@ -8,6 +8,8 @@ the atoms on the unit sphere, matching the cosine encoder.
 import numpy as np
 import torch
 
+from smt._norm import l2_normalize
+
 
 class OnlineDictionary:
     """Algorithm 1: online 1-sparse dictionary learning heuristic (k-means clustering).
@@ -109,7 +111,7 @@ class OnlineDictionary:
             if len(dead):
                 worst = residual.norm(dim=1).argsort(descending=True, stable=True)[:len(dead)]
                 dead = dead[:len(worst)]
-                phi[dead] = x[worst] / (x[worst].norm(dim=1, keepdim=True) + 1e-12)
+                phi[dead] = l2_normalize(x[worst])
                 self.activation_[dead] = 1.0 / self.n_atoms
         self.dictionary_ = phi
 

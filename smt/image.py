@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from smt import distributed
 from smt._device import resolve_device
 from smt._io import ModelFileError, meta_field, read_model, save_npz
+from smt._norm import l2_normalize
 from smt._validation import (DEVICE, PATH, Integral, Interval, Options, Real, StrOptions, as_images,
                              check_param, check_params, to_batch)
 from smt.augment import gray_views
@@ -749,7 +750,7 @@ class SMT(TransformerMixin, BaseEstimator):
         n, gh, gw, dim = patches.shape
         keep = ~empty.reshape(-1)
         z = patches.reshape(-1, dim)[keep] @ x  # constant patches get no code: skip their GEMM
-        z = z / (z.norm(dim=1, keepdim=True) + 1e-9)
+        z = l2_normalize(z)
         idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
                                self.empty_code, self.code_norm, precision=self.precision,
                                code_values=self.code_values)
@@ -817,11 +818,11 @@ class SMT(TransformerMixin, BaseEstimator):
         beta = torch.nn.functional.embedding_bag(
             atoms.to(device, index_dtype), cache["table"], offsets, mode="sum",
             per_sample_weights=None if weights is None else weights.to(device, torch.float32))
-        beta = beta / (beta.norm(dim=1, keepdim=True) + 1e-9)
+        beta = l2_normalize(beta, dim=1)
         beta = beta.view(n, gh, gw, -1).permute(0, 3, 1, 2)
         z = pool_embeddings(beta, self.pool_size, self.pool_stride)
         if self.normalize_output:
-            z = z / (z.norm(dim=1, keepdim=True) + 1e-12)
+            z = l2_normalize(z)
         return z
 
     def _embedding_cache(self, device):

@@ -43,13 +43,13 @@ try:  # pairs read in place, in parallel; torch's gathers otherwise (the same si
     from smt._pair_dots import pair_dots
 except ImportError:  # numba is optional: pip install "sparse-manifold-transform[fast]"
     pair_dots = None
+from smt._norm import NORM_EPS
 from smt._validation import DEVICE, Integral, Interval, Real, StrOptions, check_param, check_params
 
 __all__ = ["PRECISIONS", "StreamingKNN", "knn_accuracy"]
 
 PRECISIONS = ("float32", "bf16")
 
-_EPS = 1e-12
 _MAX_REFERENCES = 2**32  # global indices are packed into the low 32 bits of a key
 _LOW32 = 0xFFFFFFFF
 _INT32_MAGNITUDE = 0x7FFFFFFF
@@ -281,7 +281,7 @@ class StreamingKNN:
             raise ValueError("queries is empty")
         if q.shape[1] == 0:
             raise ValueError("queries has zero features")
-        self._queries = F.normalize(q, p=2.0, dim=1, eps=_EPS)
+        self._queries = F.normalize(q, p=2.0, dim=1, eps=NORM_EPS)
         del q
         self.n_queries, self.n_features = map(int, self._queries.shape)
         self.n_references = 0
@@ -319,7 +319,7 @@ class StreamingKNN:
             return
         if self.n_references + m > _MAX_REFERENCES:
             raise ValueError(f"at most {_MAX_REFERENCES} reference embeddings are supported")
-        refs = F.normalize(refs, p=2.0, dim=1, eps=_EPS)
+        refs = F.normalize(refs, p=2.0, dim=1, eps=NORM_EPS)
 
         k_old = self._keys.shape[1]
         k_new = min(self.k, k_old + m)

@@ -2,8 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-_EPS = 1e-9
-
+from smt._norm import l2_normalize
 
 def pooled_grid_shape(grid_height, grid_width, pool_size, pool_stride):
     """Shape (H_p, W_p) of the pooled grid."""
@@ -30,5 +29,5 @@ def pool_embeddings(beta, pool_size=4, pool_stride=2):
     torch.Size([2, 800])
     """
     pooled = F.avg_pool2d(beta, pool_size, pool_stride)
-    pooled = pooled / (pooled.norm(dim=1, keepdim=True) + _EPS)
+    pooled = l2_normalize(pooled, dim=1)
     return pooled.flatten(1)

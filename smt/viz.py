@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from smt._norm import NORM_EPS
+
 __all__ = ["atom_images", "plot_atoms", "plot_neighbors", "plot_spectrum", "plot_word_map"]
 
 _INSTALL_HINT = 'plotting needs matplotlib: pip install "sparse-manifold-transform[viz]"'
@@ -188,8 +190,8 @@ def plot_neighbors(queries, query_embeddings, references, reference_embeddings, 
     n_nb = min(int(n_neighbors), len(re))
     if n_q < 1 or n_nb < 1:
         raise ValueError("need at least one query and one neighbour")
-    q = qe[:n_q] / np.maximum(np.linalg.norm(qe[:n_q], axis=1, keepdims=True), 1e-12)
-    r = re / np.maximum(np.linalg.norm(re, axis=1, keepdims=True), 1e-12)
+    q = qe[:n_q] / np.maximum(np.linalg.norm(qe[:n_q], axis=1, keepdims=True), NORM_EPS)
+    r = re / np.maximum(np.linalg.norm(re, axis=1, keepdims=True), NORM_EPS)
     sims = q @ r.T  # (n_q, n_r)
     nearest = np.argsort(-sims, axis=1, kind="stable")[:, :n_nb]
     fig, axes = plt.subplots(n_q, 1 + n_nb, figsize=(1.1 * (1 + n_nb), 1.25 * n_q), squeeze=False)

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-_EPS_NORM = 1e-9
+from smt._norm import l2_normalize
 
 
 class Whitening:
@@ -74,7 +74,7 @@ class Whitening:
         """
         w = torch.as_tensor(self.whitening_, dtype=patches.dtype, device=patches.device)
         z = patches @ w  # W is symmetric
-        return z / (z.norm(dim=-1, keepdim=True) + _EPS_NORM)
+        return l2_normalize(z)
 
     @property
     def has_state(self):
