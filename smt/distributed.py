@@ -177,11 +177,10 @@ def reduced_statistics(stats):
     """
     if not is_active():
         return stats
-    state = stats.get_state() if hasattr(stats, "_gram") else None
     # A process that has seen no non-empty patch yet contributes zeros.
-    if state is None:
-        k = stats.n_atoms
-        state = {"gram": np.zeros(k * k), "context": np.zeros(k * k), "usage": np.zeros(k),
-                 "n_patches": np.int64(0), "n_images": np.int64(0)}
-    reduced = type(stats)(stats.n_atoms, stats.context, stats.order, stats.device)
+    k = stats.n_atoms
+    state = stats.get_state() if stats.has_state else {
+        "gram": np.zeros((k, k)), "context": np.zeros((k, k)), "usage": np.zeros(k),
+        "n_patches": np.int64(0), "n_images": np.int64(0)}
+    reduced = type(stats)(stats.n_atoms, stats.context, stats.order, stats.device, stats.image_weight)
     return reduced.set_state(all_reduce_state(state))
