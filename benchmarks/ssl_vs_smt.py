@@ -135,18 +135,21 @@ def main(argv=None):
             torch.set_num_threads(args.threads)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         rows = []
+
+        def record(row):  # each row as it finishes: a killed run keeps what it measured
+            rows.append(row)
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
         budget = args.budget_minutes
         if not args.skip_smt:
-            rows.append(run_smt(args))
+            record(run_smt(args))
             budget = budget or rows[0]["train_seconds"] / 60
         if budget is None:
             ap.error("--skip-smt needs --budget-minutes")
-        data = ssl_train.load_data("cifar10", args.data, args.n_train, args.n_test)
+        data = ssl_train.load_data("cifar10", args.data, args.n_train, args.n_test) if args.methods else None
         for m in args.methods:
-            rows.append(run_deep(args, m, budget, data))
-        with open(args.json, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+            record(run_deep(args, m, budget, data))
     print(table(rows))
     if args.plot:
         plot(rows, args.plot)
