@@ -110,6 +110,7 @@ def test_knn_cifar_defaults_are_the_best_measured_settings():
     assert ap.parse_args([]).flips and not ap.parse_args(["--no-flips"]).flips
     src = (Path(__file__).resolve().parents[1] / "benchmarks" / "knn_cifar.py").read_text()
     assert "n_atoms=8192" in src and "n_components=384" in src and "flips=True" in src
+    assert 'precision="bf16", knn_precision="bf16"' in src
 
 
 def test_knn_benchmark_offers_every_smt_parameter():
