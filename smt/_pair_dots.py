@@ -6,13 +6,12 @@ needed work, and torch's gathers copy each pair's two rows first; here each pair
 in place, pairs in parallel. Sums are taken in float64, so a result is within one float32 rounding
 of the exact dot product of the float32 rows.
 """
-import threading
-
 import numba
 import numpy as np
 import torch
 
-_lock = threading.Lock()  # numba's fallback thread pool must not be entered concurrently
+from smt._compiled import compiled_section
+
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
@@ -40,6 +39,6 @@ def pair_dots(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.
     torch.Tensor, float32, shape (n_pairs,)
     """
     out = np.empty(rows.shape[0], dtype=np.float64)
-    with _lock:
+    with compiled_section():
         _dots(a.contiguous().numpy(), b.contiguous().numpy(), rows.numpy(), cols.numpy(), out)
     return torch.from_numpy(out.astype(np.float32))

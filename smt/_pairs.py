@@ -16,14 +16,11 @@ block of the result. Here:
 Tiles are independent and integer sums are exact, so the result does not depend on threads or
 order (benchmarks/RESULTS.md, "Speed").
 """
-import threading
-
 import numba
 import numpy as np
-import torch
 
-# One launch at a time: numba's fallback thread pool (workqueue) must not be entered concurrently.
-_lock = threading.Lock()
+from smt._compiled import compiled_section
+
 # Tile side; offsets within a tile fit one byte.
 TILE = 256
 _SHIFT = 8
@@ -168,8 +165,7 @@ def padded_to_csr(idx, val):
     """
     idx = np.ascontiguousarray(idx)
     val = np.ascontiguousarray(val)
-    with _lock:
-        _set_threads()
+    with compiled_section():
         counts = _row_counts(idx)
         ptr = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=ptr[1:])
@@ -209,8 +205,7 @@ def add_pair_counts(targets, ind_a, ptr_a, weight, ind_b=None, ptr_b=None):
     if len(rows) == 0:
         return
     step = max(1, _INT32_ROOM // max(int(np.abs(weight[rows]).max()), 1))
-    with _lock:
-        _set_threads()
+    with compiled_section():
         for s in range(0, len(rows), step):
             part = rows[s:s + step]
             a = _blocks(ind_a, ptr_a, part, n_blocks)
@@ -226,11 +221,6 @@ def _blocks(ind, ptr, rows, n_blocks):
     local = np.empty(int(starts[-1]), np.uint8)
     _block_fill(ind, ptr, rows, counts, starts, local)
     return local, counts, starts
-
-
-def _set_threads():
-    # torch.set_num_threads governs these passes too.
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -257,7 +247,6 @@ def image_sums(ind, ptr, row_value, rows_per_image, n_atoms):
     ndarray of shape (n // rows_per_image, n_atoms), float64
     """
     out = np.zeros(((len(ptr) - 1) // rows_per_image, n_atoms))
-    with _lock:
-        _set_threads()
+    with compiled_section():
         _image_sums(ind, ptr, row_value, rows_per_image, out)
     return out

@@ -7,14 +7,12 @@ row is in cache, the lists wait in a flat array, and one more pass writes the pa
 (benchmarks/RESULTS.md, "Speed"). The codes are identical: the same comparisons on the same float32
 similarities.
 """
-import threading
-
 import numba
 import numpy as np
 import torch
 
-# One launch at a time: numba's fallback thread pool (workqueue) must not be entered concurrently.
-_lock = threading.Lock()
+from smt._compiled import compiled_section
+
 _KEEP = 512  # indices kept per row by the first pass; a row with more is scanned again
 
 
@@ -106,9 +104,7 @@ def threshold_code(blocks, n, threshold, argmax_if_empty):
     """
     counts = np.zeros(n, np.int64)
     lists, i, first = [], 0, None
-    with _lock:
-        # torch.set_num_threads governs these passes too.
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    with compiled_section():
         for block in blocks:
             bf16 = block.dtype == torch.bfloat16
             s = block.view(torch.int16).numpy() if bf16 else block.numpy()

@@ -1,5 +1,7 @@
 """The smaller leaks of issue 18 item 7: tensors that require grad, mixed lists, kNN labels far
 above the class count, values beyond float32, tokenizers that return the wrong thing, the CLI."""
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -172,3 +174,23 @@ def test_knn_scores_by_class_index_refuse_a_huge_label():
     assert knn.predict().shape == (3000,)  # votes over the labels present
     with pytest.raises(ValueError, match="GiB"):
         knn.predict_scores()
+
+
+def test_fit_and_knn_leave_the_callers_thread_count_alone():
+    # numba's OpenMP layer, started by the first compiled pass of a process, would reset torch's
+    # thread count to the core count: run in a fresh process so that the first pass is this one.
+    code = (
+        "import numpy as np, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from sklearn.datasets import load_digits\n"
+        "from smt import SMT\n"
+        "from smt.knn import knn_accuracy\n"
+        "x, y = load_digits(return_X_y=True)\n"
+        "x = x.reshape(-1, 8, 8)[:300] / 16\n"
+        "z = SMT(patch_size=3, pool_size=2, pool_stride=1, n_atoms=32, n_components=4, random_state=0)"
+        ".fit_transform(x)\n"
+        "knn_accuracy(z[:200], y[:200], z[200:], y[200:300], precision='bf16')\n"
+        "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"
