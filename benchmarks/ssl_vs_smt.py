@@ -91,7 +91,7 @@ def plot(rows: list[dict], path: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no plot")
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for r in rows:
         pts = [(h["train_seconds"], h["top1"]) for h in r["history"] if h.get("top1") is not None]
         if r["method"] == "smt":
@@ -102,7 +102,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_xlabel("training seconds (" + ("wall-clock" if clock == "wall" else "CPU time of the process") + ")")
     ax.set_ylabel("kNN top-1 (%)")
     ax.set_title(f"CIFAR-10, train {rows[0]['n_train']}, test {rows[0]['n_test']}")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)  # outside: the curves stay visible
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
