@@ -86,12 +86,20 @@ def validation_split(n_images, n_copies, fraction=0.1):
     return np.flatnonzero(is_query), np.flatnonzero(~held_out)
 
 
+def neighbours(queries, train, y_train, k, rows=None):
+    """A :class:`StreamingKNN` of ``queries`` holding their ``k`` nearest among ``train[rows]`` (all
+    rows by default), to vote with any k' <= k and any temperature."""
+    rows = np.arange(len(train)) if rows is None else rows
+    knn = StreamingKNN(queries, k=k, device="cpu")
+    for start in range(0, len(rows), 8192):
+        part = rows[start:start + 8192]
+        knn.update(train[part], y_train[part])
+    return knn
+
+
 def choose_k_temperature(train, y_train, queries, refs, k_grid, t_grid):
     """The (k, T) of the grid with the best validation top-1 (ties: smaller k, larger T), and that top-1."""
-    knn = StreamingKNN(train[queries], k=max(k_grid), device="cpu")
-    for start in range(0, len(refs), 8192):
-        part = refs[start:start + 8192]
-        knn.update(train[part], y_train[part])
+    knn = neighbours(train[queries], train, y_train, max(k_grid), refs)
     val = {(k, t): knn.accuracy(y_train[queries], (1,), k=k, temperature=t)["top1"]
            for k, t in itertools.product(k_grid, t_grid)}
     return max(val.items(), key=lambda kv: (kv[1], -kv[0][0], kv[0][1]))
@@ -136,9 +144,7 @@ class _WhitenedStream:
         train = torch.cat(self._train)
         queries, refs = validation_split(n_originals, len(train) // n_originals)
         (k, t), val = choose_k_temperature(train, np.asarray(y_train), queries, refs, args.k_grid, args.t_grid)
-        knn = StreamingKNN(self._test, k=max(args.k, k), device="cpu")
-        for start in range(0, len(train), 8192):
-            knn.update(train[start:start + 8192], y_train[start:start + 8192])
+        knn = neighbours(self._test, train, np.asarray(y_train), max(args.k, k))
         return {"top1": knn.accuracy(y_test, (1,), k=args.k, temperature=args.temperature)["top1"],
                 "k": k, "t": t, "val_top1": val,
                 "top1_chosen": knn.accuracy(y_test, (1,), k=k, temperature=t)["top1"],

@@ -28,15 +28,12 @@ from _knn import WhitenedPCA, choose_k_temperature, validation_split  # noqa: E4
 
 from smt import SMT  # noqa: E402
 from smt.datasets import load_cifar10  # noqa: E402
-from smt.knn import StreamingKNN  # noqa: E402
+from smt.knn import knn_accuracy  # noqa: E402
 
 
 def top1(train, y_train, test, y_test, k=30, temperature=0.03):
     """Top-1 at (k, T) with every training embedding as reference."""
-    knn = StreamingKNN(test, k=k, temperature=temperature, device="cpu")
-    for start in range(0, len(train), 4096):
-        knn.update(train[start:start + 4096], y_train[start:start + 4096])
-    return knn.accuracy(y_test, (1,))["top1"]
+    return knn_accuracy(train, y_train, test, y_test, k=k, temperature=temperature, topk=(1,), device="cpu")["top1"]
 
 
 def main(argv=None):

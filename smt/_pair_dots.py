@@ -13,7 +13,6 @@ import torch
 from smt._compiled import compiled_section
 
 
-
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _dots(a, b, rows, cols, out):
     for p in numba.prange(rows.shape[0]):
