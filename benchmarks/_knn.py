@@ -139,8 +139,6 @@ class _WhitenedStream:
 
     def score(self, y_train, y_test, n_originals, args):
         """Test top-1 at the benchmark's k / T, and at the k / T chosen on a validation split."""
-        if self._test is None:
-            raise ValueError(f"--pca-images {self.n_fit} exceeds the training images")
         train = torch.cat(self._train)
         queries, refs = validation_split(n_originals, len(train) // n_originals)
         (k, t), val = choose_k_temperature(train, np.asarray(y_train), queries, refs, args.k_grid, args.t_grid)
@@ -149,6 +147,19 @@ class _WhitenedStream:
                 "k": k, "t": t, "val_top1": val,
                 "top1_chosen": knn.accuracy(y_test, (1,), k=k, temperature=t)["top1"],
                 "seconds_in_embed_train": self.seconds}
+
+
+def _at_least(kind, low, strict=False):
+    """argparse type: a ``kind`` (int or float) at least ``low`` (above it when ``strict``)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{value} is not {'above' if strict else 'at least'} {low}")
+        return value
+    return parse
 
 
 def _value(text):
@@ -206,14 +217,15 @@ def parser(doc, **defaults):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="checkpoint file for the fit (resumes when present)")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
-    ap.add_argument("--whiten-pca", type=int, default=0, metavar="P",
+    ap.add_argument("--whiten-pca", type=_at_least(int, 0), default=0, metavar="P",
                     help="also score the embedding centred, projected on its top P principal directions and "
                          "whitened (learned on the first --pca-images training embeddings), with k and T "
                          "chosen on a validation split of the training set (default 0: not scored)")
-    ap.add_argument("--pca-images", type=int, default=10000,
+    ap.add_argument("--pca-images", type=_at_least(int, 2), default=10000,
                     help="training embeddings the whitened PCA is learned from")
-    ap.add_argument("--k-grid", type=int, nargs="+", default=[10, 20, 30, 50, 100, 200, 400, 800])
-    ap.add_argument("--t-grid", type=float, nargs="+", default=[0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2])
+    ap.add_argument("--k-grid", type=_at_least(int, 1), nargs="+", default=[10, 20, 30, 50, 100, 200, 400, 800])
+    ap.add_argument("--t-grid", type=_at_least(float, 0, strict=True), nargs="+",
+                    default=[0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2])
     ap.set_defaults(**defaults)
     return ap
 

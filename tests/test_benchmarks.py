@@ -146,3 +146,15 @@ def test_validation_split_keeps_the_queries_copies_out_of_the_references():
     assert queries.tolist() == [18, 19]
     assert not set(refs) & {18, 19, 38, 39, 58, 59}
     assert len(refs) == 60 - 6
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--whiten-pca", "-1", "-1 is not at least 0"), ("--whiten-pca", "1.5", "not an integer: '1.5'"),
+    ("--pca-images", "1", "1 is not at least 2"), ("--k-grid", "0", "0 is not at least 1"),
+    ("--t-grid", "0", "0.0 is not above 0"), ("--t-grid", "warm", "not a number: 'warm'")])
+def test_post_processing_options_refuse_bad_values_by_name(option, value, message, capsys):
+    import _knn
+    with pytest.raises(SystemExit):
+        _knn.parser("", n_atoms=64).parse_args([option, value])
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and message in err
