@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.pipeline import FeatureUnion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import StageMeter  # noqa: E402
@@ -23,7 +24,7 @@ from smt.knn import StreamingKNN  # noqa: E402
 
 # SMT parameters the benchmark sets itself, or offers under another name
 _OWN = {"random_state": "--seed", "checkpoint_path": "--checkpoint", "grayscale_augmentation": "--grayscale-aug",
-        "verbose": None}
+        "verbose": None, "patch_size": "--patch-size", "threshold": "--threshold"}
 _HELP = {
     "context": "'image' or a radius in patches",
     "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32)",
@@ -190,10 +191,53 @@ def _smt_options(ap):
 
 
 def smt_params(args):
-    """``SMT`` keyword arguments from parsed options."""
+    """``SMT`` keyword arguments from parsed options (the first ``--patch-size`` and ``--threshold``)."""
     params = {name: getattr(args, name) for name in SMT().get_params() if name not in _OWN}
-    return {**params, "random_state": args.seed, "checkpoint_path": args.checkpoint, "verbose": True,
+    return {**params, "patch_size": args.patch_size[0], "threshold": args.threshold[0], "random_state": args.seed,
+            "checkpoint_path": args.checkpoint, "verbose": True,
             "grayscale_augmentation": None if args.grayscale_aug == "copies" else args.grayscale_aug}
+
+
+def build_model(args):
+    """The estimator the options ask for: one ``SMT``, or for several ``--patch-size`` (and
+    ``--threshold``) values a scikit-learn ``FeatureUnion`` of one ``SMT`` per value, their
+    embeddings concatenated.
+
+    Member ``i`` takes the ``i``-th patch size and threshold (a single value is shared), is seeded
+    ``seed + i`` (so ``--patch-size 6 6`` is two dictionaries of one size, the control for two
+    sizes) and L2-normalises its output, so that every member weighs the same in the kNN's cosine.
+    A member's checkpoint is ``<checkpoint>.<i>``.
+    """
+    params = smt_params(args)
+    n = max(len(args.patch_size), len(args.threshold))
+    if n == 1:
+        return SMT(**params)
+    if {len(args.patch_size), len(args.threshold)} - {1, n}:
+        raise SystemExit(f"--patch-size ({len(args.patch_size)} values) and --threshold ({len(args.threshold)}) "
+                         "must have one value or the same number of values")
+    sizes = args.patch_size * (n if len(args.patch_size) == 1 else 1)
+    thresholds = args.threshold * (n if len(args.threshold) == 1 else 1)
+    ckpt = params.pop("checkpoint_path")
+    members = [(f"smt{i}_p{p}_t{t}", SMT(**{**params, "patch_size": p, "threshold": t, "random_state": args.seed + i,
+                                             "normalize_output": True,
+                                             "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"}))
+               for i, (p, t) in enumerate(zip(sizes, thresholds))]
+    return FeatureUnion(members)
+
+
+def fit_transform_chunks(model, x, chunk):
+    """Fit ``model`` on ``x`` and yield its embeddings ``chunk`` images at a time: an ``SMT`` from
+    the codes its fit computed, a union by transforming again."""
+    if isinstance(model, SMT):
+        yield from model.fit_transform_chunks(x, chunk_size=chunk)
+        return
+    model.fit(x)
+    for start in range(0, len(x), chunk):
+        yield model.transform(x[start:start + chunk]).astype(np.float32, copy=False)
+
+
+def _members(model):
+    return [model] if isinstance(model, SMT) else [m for _, m in model.transformer_list]
 
 
 def parser(doc, **defaults):
@@ -203,6 +247,12 @@ def parser(doc, **defaults):
     ap.add_argument("--n-train", type=int, default=None, help="first N training images (default: all)")
     ap.add_argument("--n-test", type=int, default=None, help="first N test images (default: all)")
     _smt_options(ap)
+    ap.add_argument("--patch-size", type=_at_least(int, 1), nargs="+", default=[SMT().patch_size],
+                    help="patch size; several values fit one SMT per value and concatenate their "
+                         "L2-normalised embeddings (member i seeded seed + i)")
+    ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=[SMT().threshold],
+                    help="coding threshold (the cosine an atom must reach); several values: one per member, "
+                         "as --patch-size")
     ap.add_argument("--knn-precision", choices=["float32", "bf16"], default="float32",
                     help="of the kNN's similarity GEMM (bf16: a bf16 screen, the float32 neighbours)")
     ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
@@ -260,11 +310,11 @@ def run(args, load, name, paper):
             x_train, y_train = add_gray_copies(x_train, y_train)
         if args.flips:
             x_train, y_train = add_mirrors(x_train, y_train)
-    model = SMT(**smt_params(args))
+    model = build_model(args)
     chunk = 5000
     # The training embeddings stream through the kNN, never all in memory; they come from the codes
     # the fit computed (every training patch is encoded once).
-    train_chunks = model.fit_transform_chunks(x_train, chunk_size=chunk)
+    train_chunks = fit_transform_chunks(model, x_train, chunk)
     with meter.stage("fit (+ embed the first train chunk)"):
         first = next(train_chunks)
     with meter.stage("embed test"):
@@ -293,9 +343,13 @@ def run(args, load, name, paper):
 
     extras = [name for name, on in (("gray copies", args.grayscale_aug == "copies"), ("mirrors", args.flips)) if on]
     fitted_on = f"train {len(x_train)}" + (f" (with {' and '.join(extras)})" if extras else "")
+    members = _members(model)
+    n_features = sum(int(m.n_features_out_) for m in members)
     print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
-          f"embedding {model.n_features_out_}")
-    print(json.dumps({k: round(v, 3) for k, v in model.fit_stats_.items()}))
+          f"embedding {n_features}" + (f" (members: patch size, threshold {[(m.patch_size, m.threshold) for m in members]})"
+                                       if len(members) > 1 else ""))
+    for m in members:
+        print(json.dumps({k: round(v, 3) for k, v in m.fit_stats_.items()}))
     print(meter.table())
     print(f"top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}   (paper: {paper})")
     if acc["top1_k20_t0.07"] is not None:
@@ -307,13 +361,14 @@ def run(args, load, name, paper):
               f"validation (val top-1 {w['val_top1']:.2f}): test top-1 {w['top1_chosen']:.2f}; "
               f"learning and projecting took {post.seconds:.0f} s of 'embed train + kNN'")
     if args.json:
+        used = [int(np.count_nonzero(m.atom_usage_)) for m in members]
         row = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} {torch.get_num_threads()} threads",
                "device": str(resolve_device(args.device)),
                "args": vars(args), "top1": acc["top1"], "top5": acc["top5"],
                "top1_k20_t0.07": acc["top1_k20_t0.07"], "whitened_pca": acc.get("whitened_pca"),
-               "fit_stats": model.fit_stats_,
-               "stages": meter.rows, "n_features_out": int(model.n_features_out_),
-               "atom_usage_nonzero": int(np.count_nonzero(model.atom_usage_))}
+               "fit_stats": members[0].fit_stats_ if len(members) == 1 else [m.fit_stats_ for m in members],
+               "stages": meter.rows, "n_features_out": n_features,
+               "atom_usage_nonzero": used[0] if len(used) == 1 else used}
         with open(args.json, "a") as f:
             f.write(json.dumps(row) + "\n")
     return acc

@@ -158,3 +158,43 @@ def test_post_processing_options_refuse_bad_values_by_name(option, value, messag
         _knn.parser("", n_atoms=64).parse_args([option, value])
     err = capsys.readouterr().err
     assert f"argument {option}" in err and message in err
+
+
+def test_several_patch_sizes_build_a_union_of_unit_norm_members():
+    import _knn
+    from sklearn.pipeline import FeatureUnion
+
+    from smt import SMT
+    ap = _knn.parser("", n_atoms=64)
+    one = _knn.build_model(ap.parse_args([]))
+    assert isinstance(one, SMT) and one.patch_size == 6 and one.threshold == 0.3
+    union = _knn.build_model(ap.parse_args(["--patch-size", "6", "10", "--threshold", "0.3", "0.18",
+                                            "--seed", "4", "--checkpoint", "c.npz"]))
+    assert isinstance(union, FeatureUnion)
+    got = [(m.patch_size, m.threshold, m.random_state, m.normalize_output, m.checkpoint_path, m.n_atoms)
+           for _, m in union.transformer_list]
+    assert got == [(6, 0.3, 4, True, "c.npz.0", 64), (10, 0.18, 5, True, "c.npz.1", 64)]
+    shared = _knn.build_model(ap.parse_args(["--patch-size", "6", "6"]))
+    assert [(m.patch_size, m.threshold, m.random_state) for _, m in shared.transformer_list] == [(6, 0.3, 0), (6, 0.3, 1)]
+    with pytest.raises(SystemExit, match="must have one value or the same number"):
+        _knn.build_model(ap.parse_args(["--patch-size", "6", "8", "10", "--threshold", "0.3", "0.2"]))
+
+
+def test_union_benchmark_runs_end_to_end(tmp_path, capsys):
+    """A two-member run on made-up images: the kNN sees the concatenated embedding."""
+    import _knn
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
+    y = np.arange(60) % 3
+
+    def load(root, split):
+        return (x, y) if split == "train" else (x[:20], y[:20])
+    args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3,
+                       precision="float32").parse_args(
+        ["--patch-size", "3", "4", "--threshold", "0.3", "0.25", "--json", str(tmp_path / "r.jsonl")])
+    acc = _knn.run(args, load, "made-up", "-")
+    assert 0 <= acc["top1"] <= 100
+    row = json.loads((tmp_path / "r.jsonl").read_text())
+    # patch grids 10x10 (patch 3) and 9x9 (patch 4), each pooled 3/3 to 3x3, of 4 components
+    assert row["n_features_out"] == 2 * 3 * 3 * 4 and len(row["fit_stats"]) == 2
+    assert "members: patch size, threshold [(3, 0.3), (4, 0.25)]" in capsys.readouterr().out

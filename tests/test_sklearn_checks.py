@@ -90,3 +90,19 @@ def test_readonly_memmap_and_fortran_order(images, tmp_path):
 def test_dtypes(images, dtype):
     z = small_smt().fit_transform((images > 0.5).astype(dtype) if dtype is bool else images.astype(dtype))
     assert z.dtype == np.float32 and np.isfinite(z).all()
+
+
+def test_feature_union_of_two_patch_sizes(images):
+    """Two patch sizes, their embeddings concatenated (docs/algorithm.md §7.5): scikit-learn's
+    FeatureUnion composes SMT estimators; each block is the member fitted alone, unit-norm."""
+    from sklearn.pipeline import FeatureUnion
+    members = [small_smt(patch_size=3, normalize_output=True),
+               small_smt(patch_size=4, threshold=0.3, normalize_output=True, random_state=1)]
+    union = FeatureUnion([("p3", members[0]), ("p4", members[1])])
+    z = union.fit_transform(images)
+    alone = [clone(m).fit(images).transform(images) for m in members]
+    assert z.shape == (len(images), sum(a.shape[1] for a in alone))
+    np.testing.assert_array_equal(z, np.hstack(alone))
+    for block in np.split(z, [alone[0].shape[1]], axis=1):
+        np.testing.assert_allclose(np.linalg.norm(block, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(clone(union).fit_transform(images), z)  # deterministic
