@@ -262,6 +262,10 @@ def parser(doc, **defaults):
                          "--flips (fit and kNN reference set). Default variant: paired")
     ap.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
                     help="fit on train + mirrored train; the mirrors join the kNN reference set")
+    ap.add_argument("--chunk-size", type=_at_least(int, 1), default=2000,
+                    help="training embeddings per kNN update; the kNN stage holds a chunk about three times "
+                         "(float32, its normalised copy, the bf16 screen's copy): 2000 CIFAR images at d 384 "
+                         "are 0.44 GB in float32")
     ap.add_argument("--k", type=int, default=30)
     ap.add_argument("--temperature", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=0)
@@ -311,7 +315,7 @@ def run(args, load, name, paper):
         if args.flips:
             x_train, y_train = add_mirrors(x_train, y_train)
     model = build_model(args)
-    chunk = 5000
+    chunk = args.chunk_size
     # The training embeddings stream through the kNN, never all in memory; they come from the codes
     # the fit computed (every training patch is encoded once).
     train_chunks = fit_transform_chunks(model, x_train, chunk)

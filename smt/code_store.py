@@ -55,8 +55,20 @@ class CodeStore:
             Active atoms, -1 pads.
         """
         valid = indices >= 0
-        counts = valid.sum(-1).cpu().numpy().astype(self._count_dtype)
-        atoms = indices[valid].cpu().numpy().astype(self._atom_dtype)
+        self.append_lists(indices[valid].cpu().numpy(), valid.sum(-1).cpu().numpy())
+
+    def append_lists(self, atoms, counts):
+        """Add a batch of codes given as flat lists.
+
+        Parameters
+        ----------
+        atoms : ndarray of shape (sum(counts),), int
+            Each patch's active atoms, patch after patch.
+        counts : ndarray of shape (n, ...), int
+            Active atoms per patch; its shape is the batch's (images first).
+        """
+        counts = np.asarray(counts).astype(self._count_dtype)
+        atoms = np.asarray(atoms).astype(self._atom_dtype)
         size = counts.nbytes + atoms.nbytes
         self.nbytes_ += size
         self.n_images_ += len(counts)

@@ -23,6 +23,38 @@ _MAX_BLOCK = 1 << 24
 _MAX_BLOCK_CPU = 1 << 20
 
 
+def threshold_lists(x, dictionary, threshold, empty_code="zero", precision="float32"):
+    """Binary threshold codes as flat lists, or None where the compiled coder does not apply.
+
+    The codes of ``sparse_code(x, dictionary, "threshold", threshold, empty_code=empty_code,
+    precision=precision)`` without their padded arrays: the code statistics and the code store
+    take the lists as they are (CSR rows), and at K 8192 the padding is most of the memory
+    traffic of the statistics pass (the widest code of a batch is about 3.5x the mean).
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n, D)
+        Whitened, unit-norm patches, on the CPU.
+    dictionary : torch.Tensor of shape (K, D)
+    threshold : float
+    empty_code : {"zero", "argmax"}
+    precision : {"float32", "bf16"}
+
+    Returns
+    -------
+    atoms : ndarray of shape (nnz,), int32
+        Each patch's active atoms in ascending order, patch after patch.
+    counts : ndarray of shape (n,), int64
+        Active atoms per patch.
+    """
+    if (threshold_code is None or x.device.type != "cpu" or empty_code not in EMPTY_CODES
+            or precision not in PRECISIONS or (precision == "bf16" and not threshold > 0)):
+        return None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.promote_types(x.dtype, dictionary.dtype)
+    blocks = _similarity_blocks(x.to(dtype), dictionary.to(dtype), block_rows(dictionary.shape[0], x.device))
+    return threshold_code(blocks, x.shape[0], threshold, empty_code == "argmax", padded=False)
+
+
 def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, max_active=None,
                 empty_code="zero", code_norm=None, empty=None, precision="float32", code_values="binary"):
     """Sparse codes from cosine similarities ``S = x @ dictionary.T``.

@@ -22,7 +22,7 @@ from smt._validation import (DEVICE, PATH, Integral, Interval, Options, Real, St
 from smt.augment import gray_views
 from smt.checkpoint import Checkpoint, FitPosition, prefixed, unprefixed
 from smt.code_store import CodeStore
-from smt.coding import CODE_NORMS, CODE_VALUES, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code
+from smt.coding import CODE_NORMS, CODE_VALUES, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code, threshold_lists
 from smt.dictionary import OnlineDictionary, incoherent_atoms, patch_keys
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
@@ -711,11 +711,22 @@ class SMT(TransformerMixin, BaseEstimator):
             batch = images[b:b + self.batch_size]
             for part in self._code_steps(len(batch), views, bytes_per_entry=24):
                 patches, empty = extract_patches(self._views(batch[part], device), self.patch_size)
-                idx, val = self._code(patches, empty, phi, device)
-                stats.partial_fit(idx, val, ~empty, n_views=2 if self.grayscale_augmentation == "paired" else 1)
-                if store is not None:
-                    store.append(idx[:len(batch[part])])
-                active = (idx >= 0).sum(-1)[~empty]
+                n_views = 2 if self.grayscale_augmentation == "paired" else 1
+                lists = self._code_lists(patches, empty, phi, device)
+                if lists is not None:
+                    atoms, counts = lists
+                    stats.partial_fit_lists(atoms, counts, ~empty, n_views=n_views)
+                    counts = counts.reshape(empty.shape)
+                    if store is not None:
+                        own = counts[:len(batch[part])]
+                        store.append_lists(atoms[:int(own.sum())], own)
+                    active = torch.from_numpy(counts)[~empty]
+                else:
+                    idx, val = self._code(patches, empty, phi, device)
+                    stats.partial_fit(idx, val, ~empty, n_views=n_views)
+                    if store is not None:
+                        store.append(idx[:len(batch[part])])
+                    active = (idx >= 0).sum(-1)[~empty]
                 mean = float(active.float().mean()) if n_nodes == 0 and len(active) else 0.0
                 if mean > max(_DENSE_CODES * self.n_atoms, _DENSE_MIN_ATOMS):
                     warnings.warn(
@@ -744,13 +755,34 @@ class SMT(TransformerMixin, BaseEstimator):
         return batch if self.grayscale_augmentation is None else gray_views(batch)
 
     # ------------------------------------------------------------------ encoding
+    def _whitened(self, patches, empty, device):
+        """The whitened, unit-norm non-constant patches of a grid, (n_kept, D), and the kept mask."""
+        x = torch.as_tensor(self.whitening_, dtype=torch.float32, device=device)
+        keep = ~empty.reshape(-1)
+        # constant patches get no code: skip their GEMM
+        return l2_normalize(patches.reshape(-1, patches.shape[-1])[keep] @ x), keep
+
+    def _code_lists(self, patches, empty, phi, device):
+        """Binary threshold codes of a patch grid as flat lists: (atoms (nnz,) int32 ascending per
+        patch, counts (n * H' * W',) int64 with 0 at constant patches), or None where only the
+        padded codes of ``_code`` apply (other codings or code values, CUDA, no numba)."""
+        if not (self.coding == "threshold" and self.max_active is None and self.code_values == "binary"
+                and self.code_norm is None and device.type == "cpu"):
+            return None
+        z, keep = self._whitened(patches, empty, device)
+        lists = threshold_lists(z, phi, self.threshold, self.empty_code, self.precision)
+        if lists is None:
+            return None
+        atoms, kept_counts = lists
+        counts = np.zeros(keep.numel(), np.int64)
+        counts[keep.numpy()] = kept_counts
+        self._code_width = max(int(kept_counts.max()) if len(kept_counts) else 0, 1)
+        return atoms, counts
+
     def _code(self, patches, empty, phi, device, values=True):
         """Codes on the patch grid; ``values=False`` skips the padded coefficient array (None)."""
-        x = torch.as_tensor(self.whitening_, dtype=torch.float32, device=device)
         n, gh, gw, dim = patches.shape
-        keep = ~empty.reshape(-1)
-        z = patches.reshape(-1, dim)[keep] @ x  # constant patches get no code: skip their GEMM
-        z = l2_normalize(z)
+        z, keep = self._whitened(patches, empty, device)
         idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
                                self.empty_code, self.code_norm, precision=self.precision,
                                code_values=self.code_values)

@@ -298,6 +298,37 @@ class ContextStatistics:
     def context_(self):
         return self._context.view(self.n_atoms, self.n_atoms)
 
+    def partial_fit_lists(self, atoms, counts, nonempty, n_views=1):
+        """``partial_fit`` of binary codes given as flat lists: the same sums, without padded arrays.
+
+        Parameters
+        ----------
+        atoms : ndarray of shape (nnz,), int32
+            Each patch's active atoms in ascending order, patch after patch (grid order, images
+            laid out as in ``partial_fit``), as :func:`smt.coding.threshold_lists` gives them.
+        counts : ndarray of shape (V*B*H'*W',), int64
+            Active atoms per patch (0 for a constant patch).
+        nonempty : torch.Tensor of shape (V*B, H', W'), bool
+        n_views : int, default=1
+        """
+        ptr = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        if (self.context == "image" and self.order == 1 and _pairs is not None
+                and torch.device(self.device).type == "cpu"):
+            if nonempty.shape[0] % n_views:
+                raise ValueError(f"{nonempty.shape[0]} images do not split into {n_views} views of equal count")
+            if not hasattr(self, "_gram"):
+                self._init()
+            self._add_whole_image_counts((atoms, ptr, (counts > 0).astype(np.float64)), nonempty, n_views)
+            return self
+        # Other contexts and orders take the padded codes.
+        width = max(int(counts.max()) if len(counts) else 0, 1)
+        row = np.repeat(np.arange(len(counts)), counts)
+        idx = np.full((len(counts), width), -1, np.int64)
+        idx[row, np.arange(len(atoms)) - ptr[row]] = atoms
+        idx = torch.from_numpy(idx).to(self.device).view(*nonempty.shape, width)
+        return self.partial_fit(idx, (idx >= 0).to(torch.float32), nonempty.to(self.device), n_views)
+
     def partial_fit(self, indices, values, nonempty, n_views=1):
         """Add the statistics of a batch of images.
 

@@ -151,7 +151,9 @@ def test_validation_split_keeps_the_queries_copies_out_of_the_references():
 @pytest.mark.parametrize("option, value, message", [
     ("--whiten-pca", "-1", "-1 is not at least 0"), ("--whiten-pca", "1.5", "not an integer: '1.5'"),
     ("--pca-images", "1", "1 is not at least 2"), ("--k-grid", "0", "0 is not at least 1"),
-    ("--t-grid", "0", "0.0 is not above 0"), ("--t-grid", "warm", "not a number: 'warm'")])
+    ("--t-grid", "0", "0.0 is not above 0"), ("--t-grid", "warm", "not a number: 'warm'"),
+    ("--chunk-size", "0", "0 is not at least 1"), ("--patch-size", "0", "0 is not at least 1"),
+    ("--threshold", "-0.1", "-0.1 is not at least 0")])
 def test_post_processing_options_refuse_bad_values_by_name(option, value, message, capsys):
     import _knn
     with pytest.raises(SystemExit):

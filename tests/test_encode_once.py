@@ -31,12 +31,14 @@ def test_fit_transform_encodes_each_patch_once(digits, monkeypatch):
     X, _ = digits
     model = small_smt(coding="threshold", threshold=0.4)
     calls = []
-    code = SMT._code
-
-    def counted(self, patches, *args, **kwargs):
-        calls.append(patches.shape[0])
-        return code(self, patches, *args, **kwargs)
-    monkeypatch.setattr(SMT, "_code", counted)
+    # the padded coder, and the list coder of the statistics pass (binary threshold codes on CPU)
+    for name in ("_code", "_code_lists"):
+        def counted(self, patches, *args, _code=getattr(SMT, name), **kwargs):
+            out = _code(self, patches, *args, **kwargs)
+            if out is not None:
+                calls.append(patches.shape[0])
+            return out
+        monkeypatch.setattr(SMT, name, counted)
     model.fit_transform(X[:300])
     assert sum(calls) == 300
 
@@ -53,12 +55,12 @@ def test_codes_spill_to_a_file_and_give_the_same_embeddings(digits, monkeypatch,
     monkeypatch.setattr(smt.code_store, "MEMORY_BUDGET", 60_000)  # a batch in memory, the rest on disk
     monkeypatch.setattr(smt.code_store.tempfile, "tempdir", str(tmp_path))
     on_disk = []
-    append = CodeStore.append
+    append = CodeStore.append_lists  # append (padded codes) goes through it too
 
-    def watched(self, indices):
-        append(self, indices)
+    def watched(self, atoms, counts):
+        append(self, atoms, counts)
         on_disk.append(self._file is not None)
-    monkeypatch.setattr(CodeStore, "append", watched)
+    monkeypatch.setattr(CodeStore, "append_lists", watched)
     params = dict(coding="threshold", threshold=0.4)
     chunks = list(small_smt(**params).fit_transform_chunks(X[:500], chunk_size=200))
     assert on_disk[0] is False and on_disk[-1] is True
@@ -104,16 +106,41 @@ def test_dense_codes_are_coded_in_steps_within_the_memory_budget(digits, monkeyp
     params = dict(coding="threshold", threshold=0.1, context="image", batch_size=200)
     reference = small_smt(**params).fit(X[:400])
     widths = []
-    code = SMT._code
-
-    def recorded(self, patches, *args, **kwargs):
-        out = code(self, patches, *args, **kwargs)
-        widths.append((patches.shape[0], out[0].shape[-1]))
-        return out
-    monkeypatch.setattr(SMT, "_code", recorded)
+    for name in ("_code", "_code_lists"):
+        def recorded(self, patches, *args, _code=getattr(SMT, name), **kwargs):
+            out = _code(self, patches, *args, **kwargs)
+            if out is not None:  # the widest code of the step, padded or not
+                widths.append((patches.shape[0], self._code_width))
+            return out
+        monkeypatch.setattr(SMT, name, recorded)
     monkeypatch.setattr(smt.image, "_CODE_BYTES", 200 * 36 * 24 * 4)  # 200 images of width 4
     model = small_smt(**params).fit(X[:400])
     assert max(n for n, _ in widths) < 200 and sum(n for n, _ in widths) == 400
     assert all(n * 36 * w * 24 <= 2 * smt.image._CODE_BYTES for n, w in widths[1:])
     np.testing.assert_array_equal(model.components_, reference.components_)
     np.testing.assert_array_equal(model.transform(X[:50]), reference.transform(X[:50]))
+
+
+@pytest.mark.parametrize("params", [
+    dict(coding="threshold", threshold=0.4, context="image"),
+    dict(coding="threshold", threshold=0.4, context="image", empty_code="argmax", precision="bf16"),
+    dict(coding="threshold", threshold=0.4, context=1),                     # window: the padded fallback
+    dict(coding="threshold", threshold=0.4, context="image", grayscale_augmentation="paired"),
+])
+def test_statistics_from_flat_lists_equal_the_padded_codes(params, monkeypatch):
+    """The statistics pass takes binary threshold codes as flat lists (no padded arrays): the same
+    sums, model, kept codes and embeddings as the padded path, constant patches included."""
+    rng = np.random.default_rng(3)
+    X = _rgb(rng)
+    X[:5, :4] = 128  # constant patches
+    fast = small_smt(**params)
+    z_fast = fast.fit_transform(X)
+    monkeypatch.setattr(SMT, "_code_lists", lambda self, *a: None)
+    slow = small_smt(**params)
+    z_slow = slow.fit_transform(X)
+    for name in ("gram_", "context_", "usage_"):
+        assert torch.equal(getattr(fast._stats, name), getattr(slow._stats, name)), name
+    assert fast._stats.n_patches_ == slow._stats.n_patches_
+    np.testing.assert_array_equal(fast.components_, slow.components_)
+    np.testing.assert_array_equal(z_fast, z_slow)
+    assert fast.fit_stats_["mean_active_atoms"] == slow.fit_stats_["mean_active_atoms"]
