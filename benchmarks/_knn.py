@@ -256,9 +256,10 @@ def parser(doc, **defaults):
     ap.add_argument("--knn-precision", choices=["float32", "bf16"], default="float32",
                     help="of the kNN's similarity GEMM (bf16: a bf16 screen, the float32 neighbours)")
     ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
-                    choices=["paired", "independent", "copies"],
-                    help="fit on gray copies too: 'paired' / 'independent' are SMT's grayscale_augmentation "
-                         "(colour-only reference set); 'copies' appends them to the training set like "
+                    choices=["paired", "independent", "context", "copies"],
+                    help="fit on gray copies too: 'paired' / 'independent' / 'context' are SMT's "
+                         "grayscale_augmentation (colour-only reference set; --gray-weight weighs the gray "
+                         "copy in a paired context); 'copies' appends them to the training set like "
                          "--flips (fit and kNN reference set). Default variant: paired")
     ap.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
                     help="fit on train + mirrored train; the mirrors join the kNN reference set")

@@ -126,14 +126,22 @@ class SMT(TransformerMixin, BaseEstimator):
         does not depend on how the data are chunked or sharded, so ``partial_fit`` (which keeps at
         most this many images) and a distributed fit give exactly the model of ``fit``.
     pool_size, pool_stride : int, default=4, 2
-    grayscale_augmentation : {None, "paired", "independent"}, default=None
+    grayscale_augmentation : {None, "paired", "independent", "context"}, default=None
         RGB only. Fit on every training image and its gray copy (ITU-R 601 luma, replicated to
         3 channels): ``"paired"`` makes the two one context, so the objective learns colour
-        invariance; ``"independent"`` adds the gray copies as extra images. ``transform`` is
+        invariance; ``"independent"`` adds the gray copies as extra images; ``"context"`` pairs
+        them as ``"paired"`` does in the code statistics but keeps them out of the whitening and
+        the dictionary (the gray copies only as context for their colour image). ``transform`` is
         unchanged (colour images in, no copies). To make the gray copies ordinary training images
         that also join a kNN reference set, append them to ``X`` instead
         (:func:`smt.augment.add_gray_copies`); on CIFAR-10 that reading measured best of the
         three, though at full scale it too costs accuracy (benchmarks/RESULTS.md).
+    gray_weight : float in (0, 1], default=1.0
+        With ``"paired"`` or ``"context"``: the node weight u of the gray copy's patches in their
+        scene's context, so an edge weighs 1 between colour patches, u between a colour and a gray
+        patch and u^2 between gray ones, and a gray patch counts u in G (docs/algorithm.md §5.2).
+        Other values than 1 need binary threshold codes, the whole-image context of order 1 and
+        numba on CPU.
     normalize_output : bool, default=False
         L2-normalise each output vector (the kNN does this itself).
     batch_size : int, default=256
@@ -219,7 +227,8 @@ class SMT(TransformerMixin, BaseEstimator):
         "front_end_images": [Interval(Integral, 1, None, closed="left")],
         "pool_size": [Interval(Integral, 1, None, closed="left")],
         "pool_stride": [Interval(Integral, 1, None, closed="left")],
-        "grayscale_augmentation": [StrOptions({"paired", "independent"}), None],
+        "grayscale_augmentation": [StrOptions({"paired", "independent", "context"}), None],
+        "gray_weight": [Interval(Real, 0, 1, closed="right")],
         "normalize_output": ["boolean"],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": DEVICE,
@@ -233,7 +242,7 @@ class SMT(TransformerMixin, BaseEstimator):
                  max_active=None, empty_code="zero", code_norm=None, code_values="binary", precision="float32", n_components=384,
                  n_skip=1, context="image", order=1, image_context_weight=0.0, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
                  dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4,
-                 pool_stride=2, grayscale_augmentation=None, normalize_output=False,
+                 pool_stride=2, grayscale_augmentation=None, gray_weight=1.0, normalize_output=False,
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
                  checkpoint_every=50):
         self.patch_size = patch_size
@@ -261,6 +270,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self.pool_size = pool_size
         self.pool_stride = pool_stride
         self.grayscale_augmentation = grayscale_augmentation
+        self.gray_weight = gray_weight
         self.normalize_output = normalize_output
         self.batch_size = batch_size
         self.device = device
@@ -495,8 +505,7 @@ class SMT(TransformerMixin, BaseEstimator):
                 for key, size in (("gram", k * k), ("context", k * k), ("usage", k)):
                     if np.size(state[key]) != size:
                         raise ValueError(f"stats.{key} holds {np.size(state[key])} values, n_atoms={k} gives {size}")
-                stats = ContextStatistics(model.n_atoms, model._context_radius(), model.order,
-                                          resolve_device(model.device), model.image_context_weight)
+                stats = model._new_statistics(resolve_device(model.device))
                 model._stats = stats.set_state(state)
                 front = arrays.get("stream.front")
                 stream = meta_field(meta, "stream", dict, path)
@@ -597,8 +606,7 @@ class SMT(TransformerMixin, BaseEstimator):
     def _new_stages(self, device):
         return {"whitening": Whitening(self.whiten_eps),
                 "dictionary": OnlineDictionary(self.n_atoms, self.dict_batch_size, self.dict_lr),
-                "stats": ContextStatistics(self.n_atoms, self._context_radius(), self.order, device,
-                                           self.image_context_weight),
+                "stats": self._new_statistics(device),
                 "sample": {}}
 
     def _fit_front_end(self, front, run, stages, device):
@@ -606,7 +614,7 @@ class SMT(TransformerMixin, BaseEstimator):
         white, sample = stages["whitening"], stages["sample"]
         n = len(front)
         seed = run.seed
-        n_views = 2 if self.grayscale_augmentation is not None else 1
+        n_views = self._front_views
         tic = time.perf_counter()
         if run.phase == "whitening":
             # One pass: whitening moments and, unless the coherence filter picks the atoms after
@@ -615,7 +623,7 @@ class SMT(TransformerMixin, BaseEstimator):
             # position) to start the dictionary from.
             for b in self._batches(n, run, "whitening"):
                 batch = front[b:b + self.batch_size]
-                patches, empty = extract_patches(self._views(batch, device), self.patch_size)
+                patches, empty = extract_patches(self._views(batch, device, front=True), self.patch_size)
                 white.partial_fit(patches)
                 cand = patches[~empty]
                 sample["n_nonempty"] = sample.get("n_nonempty", 0) + len(cand)
@@ -680,13 +688,13 @@ class SMT(TransformerMixin, BaseEstimator):
     def _front_group(self):
         """Images per group of the passes over the front end: a fixed patch count, not batch_size,
         so that the walk (and so the model) does not depend on batch_size."""
-        n_views = 2 if self.grayscale_augmentation is not None else 1
+        n_views = self._front_views
         gh, gw = self.patch_grid_shape_
         return max(1, math.ceil(_DICT_GROUP_BATCHES * self.dict_batch_size / (n_views * gh * gw)))
 
     def _group_patches(self, front, idx, white, shuffle_seed, device):
         """The whitened non-empty patches of the front-end images ``idx``, in a seeded shuffle."""
-        patches, empty = extract_patches(self._views(front[np.sort(idx)], device), self.patch_size)
+        patches, empty = extract_patches(self._views(front[np.sort(idx)], device, front=True), self.patch_size)
         x = white.transform(patches[~empty])
         shuffle = np.random.default_rng(shuffle_seed).permutation(len(x))
         return x[torch.as_tensor(shuffle, device=device)]
@@ -711,7 +719,7 @@ class SMT(TransformerMixin, BaseEstimator):
             batch = images[b:b + self.batch_size]
             for part in self._code_steps(len(batch), views, bytes_per_entry=24):
                 patches, empty = extract_patches(self._views(batch[part], device), self.patch_size)
-                n_views = 2 if self.grayscale_augmentation == "paired" else 1
+                n_views = 2 if self.grayscale_augmentation in ("paired", "context") else 1
                 lists = self._code_lists(patches, empty, phi, device)
                 if lists is not None:
                     atoms, counts = lists
@@ -749,10 +757,22 @@ class SMT(TransformerMixin, BaseEstimator):
         self.atom_usage_ = (stats.usage_ / stats.n_patches_).cpu().numpy()
         self.__dict__.pop("_cache", None)
 
-    def _views(self, images, device):
-        """A slice of training images as the batch the fit sees: with their gray copies, if asked."""
+    @property
+    def _front_views(self):
+        """Views per image in the whitening and the dictionary: the gray copy too, unless it is context only."""
+        return 2 if self.grayscale_augmentation in ("paired", "independent") else 1
+
+    def _views(self, images, device, front=False):
+        """A slice of training images as the batch the fit (``front``: its front end) sees: with
+        their gray copies, if asked."""
         batch = to_batch(images, device)
-        return batch if self.grayscale_augmentation is None else gray_views(batch)
+        gray = self.grayscale_augmentation is not None and not (front and self._front_views == 1)
+        return gray_views(batch) if gray else batch
+
+    def _new_statistics(self, device):
+        paired = self.grayscale_augmentation in ("paired", "context")
+        return ContextStatistics(self.n_atoms, self._context_radius(), self.order, device, self.image_context_weight,
+                                 view_weight=self.gray_weight if paired else 1.0)
 
     # ------------------------------------------------------------------ encoding
     def _whitened(self, patches, empty, device):
@@ -877,6 +897,12 @@ class SMT(TransformerMixin, BaseEstimator):
         if self.n_components + self.n_skip > self.n_atoms:
             raise ValueError(f"SMT: n_components + n_skip = {self.n_components + self.n_skip} exceeds "
                              f"n_atoms={self.n_atoms}, the most directions the codes can span")
+        if (self.gray_weight != 1 and self.grayscale_augmentation in ("paired", "context")
+                and not (self.context == "image" and self.order == 1 and self.code_values == "binary"
+                         and self.code_norm is None)):
+            raise ValueError(f"SMT: gray_weight={self.gray_weight} needs binary codes (code_values='binary', "
+                             f"code_norm=None) in the whole-image context of order 1; got context={self.context!r}, "
+                             f"order={self.order}, code_values={self.code_values!r}, code_norm={self.code_norm!r}")
 
     def _check_images(self, X, reset):
         images = as_images(X)
@@ -980,8 +1006,7 @@ class SMT(TransformerMixin, BaseEstimator):
             stages["sample"]["patches"] = torch.as_tensor(arrays["sample.patches"], device=device)
         if position.phase == "done":  # the statistics are summed again from the start
             position.phase, position.batch = "statistics", 0
-            stages["stats"] = ContextStatistics(self.n_atoms, self._context_radius(), self.order,
-                                                device, self.image_context_weight)
+            stages["stats"] = self._new_statistics(device)
         return position
 
     def _model_params(self):

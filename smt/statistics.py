@@ -201,6 +201,11 @@ def _add_sparse_product(outs, ia, va, ib, vb):
             add(c)
 
 
+def _csr_rows(ind, ptr, start, stop):
+    """Rows ``start:stop`` of a CSR (ind, ptr) as a CSR of their own (views, no copy of ``ind``)."""
+    return ind[ptr[start]:ptr[stop]], ptr[start:stop + 1] - ptr[start]
+
+
 def _whole_image_weight(n_patches, order):
     """w(m) of a full grid of m patches: the weight of G_img in the whole-image M (order 1: m;
     order 2: m^2 / (m - 1)^2)."""
@@ -261,6 +266,13 @@ class ContextStatistics:
         With a window ``context``: add this times the whole-image M (same order), so that M mixes
         a local and a global context. The whole-image Laplacian has degree m - 1 per patch
         against (2r + 1)^2 - 1 for the window (728 against 48 on CIFAR at r 3): weigh accordingly.
+    view_weight : float, default=1.0
+        Node weight u of every view after the first (a gray copy beside its colour image): an edge
+        between patches i and j weighs u_i u_j (1 within the first view, u to the other views, u^2
+        among them), and a patch's term in G weighs u_i. Then per scene
+        ``M = U (G_first + u G_rest) - s_u s_u^T`` with ``U = m_first + u m_rest`` and
+        ``s_u = s_first + u s_rest``. Values other than 1 need binary codes in the whole-image
+        context of order 1 and the compiled kernel (CPU, numba).
 
     Attributes
     ----------
@@ -275,12 +287,13 @@ class ContextStatistics:
     n_images_ : int
     """
 
-    def __init__(self, n_atoms, context="image", order=1, device="cpu", image_weight=0.0):
+    def __init__(self, n_atoms, context="image", order=1, device="cpu", image_weight=0.0, view_weight=1.0):
         self.n_atoms = n_atoms
         self.context = context
         self.order = order
         self.device = device
         self.image_weight = image_weight
+        self.view_weight = view_weight
 
     def _init(self):
         k = self.n_atoms
@@ -321,6 +334,7 @@ class ContextStatistics:
                 self._init()
             self._add_whole_image_counts((atoms, ptr, (counts > 0).astype(np.float64)), nonempty, n_views)
             return self
+        self._check_view_weight(n_views)
         # Other contexts and orders take the padded codes.
         width = max(int(counts.max()) if len(counts) else 0, 1)
         row = np.repeat(np.arange(len(counts)), counts)
@@ -357,6 +371,7 @@ class ContextStatistics:
             if csr is not None:
                 self._add_whole_image_counts(csr, nonempty, n_views)
                 return self
+        self._check_view_weight(n_views)
         flat_i, flat_v = indices.reshape(-1, m), values.reshape(-1, m)
         nodes = nonempty.reshape(-1)
         scenes = b // n_views
@@ -416,27 +431,45 @@ class ContextStatistics:
         sums.scatter_add_(1, (flat_i.where(flat_i >= 0, k)).reshape(b, -1), flat_v.reshape(b, -1))
         self._subtract_outer(sums[:, :k] * (weight * scale).sqrt()[:, None])
 
+    def _check_view_weight(self, n_views):
+        if n_views > 1 and self.view_weight != 1:
+            raise ValueError(f"view_weight={self.view_weight} needs binary codes in the whole-image context of "
+                             f"order 1 and the compiled kernel (CPU, numba); got context={self.context!r}, "
+                             f"order={self.order}")
+
     def _add_whole_image_counts(self, csr, nonempty, n_views):
         """The first-order whole-image statistics of codes whose every row holds one integer
-        coefficient, all from one CSR of the batch: the same sums as the general path."""
+        coefficient, all from one CSR of the batch: the same sums as the general path (and the
+        views after the first weighed by ``view_weight``)."""
         ind, ptr, row_value = csr
         k = self.n_atoms
         b, h, w = nonempty.shape
-        scenes, size = b // n_views, n_views * h * w
-        w_ref = _whole_image_weight(size, 1)
+        scenes, rows = b // n_views, (b // n_views) * h * w
+        u = [1.0] + [float(self.view_weight)] * (n_views - 1)
+        # U_ref: the weighted node count of a scene with no constant patch (w_ref for u = 1)
+        w_ref = sum(u) * h * w
         weight = (row_value * row_value).astype(np.int64)
-        targets = [(self._gram.numpy().reshape(k, k), 1.0), (self._context.numpy().reshape(k, k), w_ref)]
-        _pairs.add_pair_counts(targets, ind, ptr, weight)
+        gram, context = self._gram.numpy().reshape(k, k), self._context.numpy().reshape(k, k)
+        # The rows are view-major: view v's rows are one contiguous block of the CSR.
+        views = [_csr_rows(ind, ptr, v * rows, (v + 1) * rows) for v in range(n_views)] if n_views > 1 else [(ind, ptr)]
+        for v, (ind_v, ptr_v) in enumerate(views):
+            wv = weight[v * rows:(v + 1) * rows]
+            _pairs.add_pair_counts([(gram, u[v]), (context, u[v] * w_ref)], ind_v, ptr_v, wv)
         self.usage_ += torch.from_numpy(np.bincount(ind, minlength=k).astype(np.float64))
         self.n_patches_ += int(nonempty.sum())
         self.n_images_ += b
-        # Scenes with constant patches: their G_img weighs m_img, not w_ref (see _add_whole_image).
-        m_scene = nonempty.reshape(n_views, scenes, -1).sum((0, 2)).numpy().astype(np.int64)
-        if np.any(m_scene != size):
-            per_row = np.broadcast_to((m_scene - size)[None, :, None], (n_views, scenes, h * w)).reshape(-1)
-            _pairs.add_pair_counts([(targets[1][0], 1.0)], ind, ptr, weight * per_row)
-        sums = _pairs.image_sums(ind, ptr, row_value, h * w, k)
-        self._subtract_outer(torch.from_numpy(sums.reshape(n_views, scenes, k).sum(0)))
+        # Scenes with constant patches: their G_img weighs U_scene = sum_v u_v m_v, not U_ref (see
+        # _add_whole_image); U_scene - U_ref = sum_v u_v (m_v - h w), each term an integer per row.
+        m_view = nonempty.reshape(n_views, scenes, -1).sum(2).numpy().astype(np.int64)
+        if np.any(m_view != h * w):
+            for v, (ind_v, ptr_v) in enumerate(views):
+                wv = weight[v * rows:(v + 1) * rows]
+                for t in range(n_views):
+                    if np.any(m_view[t] != h * w):
+                        per_row = np.repeat(m_view[t] - h * w, h * w)
+                        _pairs.add_pair_counts([(context, u[v] * u[t])], ind_v, ptr_v, wv * per_row)
+        sums = _pairs.image_sums(ind, ptr, row_value, h * w, k).reshape(n_views, scenes, k)
+        self._subtract_outer(torch.from_numpy(sum(u[v] * sums[v] for v in range(n_views))))
 
     def _subtract_outer(self, sums):
         """M -= sum_img s s^T for the rows s of ``sums`` (n, K)."""

@@ -299,6 +299,24 @@ def test_paired_grayscale_augmentation_learns_colour_invariance(digits):
         small_smt(grayscale_augmentation="paired").fit(digits[0][:100])
 
 
+def test_gray_copies_as_context_only(digits):
+    """grayscale_augmentation="context": the front end sees the colour images only (the same
+    whitening and dictionary as no augmentation), the statistics pair each with its gray copy,
+    and a gray weight between 0 and 1 moves the model from one towards the other."""
+    X = _tinted(digits[0][:300])
+    params = dict(coding="threshold", threshold=0.3, context="image", n_atoms=48)
+    plain = small_smt(**params).fit(X)
+    ctx = {u: small_smt(grayscale_augmentation="context", gray_weight=u, **params).fit(X) for u in (1.0, 0.3)}
+    for model in ctx.values():
+        np.testing.assert_array_equal(model.whitening_, plain.whitening_)
+        np.testing.assert_array_equal(model.dictionary_, plain.dictionary_)
+    g = {name: m._stats.gram_ for name, m in [("plain", plain), ("1", ctx[1.0]), ("0.3", ctx[0.3])]}
+    # G = G_colour + u G_gray: linear in u
+    torch.testing.assert_close(g["0.3"], g["plain"] + 0.3 * (g["1"] - g["plain"]), rtol=1e-12, atol=1e-9)
+    assert not np.array_equal(np.asarray(ctx[1.0].components_), np.asarray(ctx[0.3].components_))
+    with pytest.raises(ValueError, match="gray_weight=0.3 needs binary codes"):
+        small_smt(grayscale_augmentation="context", gray_weight=0.3, coding="threshold", context=1).fit(X)
+
 def test_add_mirrors_and_to_grayscale():
     from smt.augment import add_mirrors, to_grayscale
     X = np.arange(2 * 2 * 3 * 3, dtype=np.uint8).reshape(2, 2, 3, 3)

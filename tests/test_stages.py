@@ -182,6 +182,24 @@ def test_compiled_threshold_pass_gives_the_torch_codes(monkeypatch, dtype):
     assert (wide >= 0).sum(1).max() > _KEEP
 
 
+
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_threshold_lists_are_the_padded_codes_unpadded(precision):
+    """The flat lists the statistics pass takes: the rows of sparse_code's padded codes."""
+    from smt.coding import threshold_code, threshold_lists
+    if threshold_code is None:
+        pytest.skip("numba not installed (the 'fast' extra)")
+    gen = torch.Generator().manual_seed(4)
+    phi = torch.nn.functional.normalize(torch.randn(300, 8, generator=gen), dim=1)
+    x = torch.nn.functional.normalize(torch.randn(2500, 8, generator=gen), dim=1)
+    for t, rule in [(0.5, "zero"), (0.9, "zero"), (0.9, "argmax")]:
+        idx, _ = sparse_code(x, phi, "threshold", threshold=t, empty_code=rule, precision=precision)
+        atoms, counts = threshold_lists(x, phi, t, rule, precision)
+        assert atoms.dtype == np.int32 and counts.dtype == np.int64
+        assert np.array_equal(counts, (idx >= 0).sum(1).numpy())
+        assert np.array_equal(atoms, idx[idx >= 0].numpy())
+    assert threshold_lists(x, phi, -0.1, "zero", "bf16") is None  # the bf16 compare needs t > 0
+
 # ----------------------------------------------------------------- statistics and solve
 def _random_codes(gen, b=3, h=5, w=6, m=2, k=7, p_empty=0.2):
     idx = torch.randint(0, k, (b, h, w, m), generator=gen)

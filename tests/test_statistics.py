@@ -209,3 +209,38 @@ def test_window_plus_weighted_whole_image_is_the_sum_of_both(order, binary):
     assert mixed.n_patches_ == window.n_patches_ == int(nonempty.sum())
     zero = ContextStatistics(k, 1, order, image_weight=0.0).partial_fit(idx, val, nonempty)
     torch.testing.assert_close(zero.context_, window.context_, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("u", [1.0, 0.3])
+def test_weighted_gray_view_equals_the_weighted_graph_by_brute_force(u, kernel_always):
+    """view_weight u: edges weigh u_i u_j (1 colour-colour, u colour-gray, u^2 gray-gray) and a
+    gray patch counts u in G; scenes with constant patches included."""
+    if smt.statistics._pairs is None:
+        pytest.skip("numba not installed (the 'fast' extra)")
+    gen = torch.Generator().manual_seed(8)
+    k, scenes, h, w = 40, 3, 3, 4
+    idx, val = _codes(2 * scenes * h * w, k, 6, gen)
+    idx, val = idx.view(2 * scenes, h, w, -1), val.view(2 * scenes, h, w, -1)
+    nonempty = torch.rand(2 * scenes, h, w, generator=gen) > 0.25
+    nonempty[0] = True
+    idx[~nonempty] = -1
+    val[~nonempty] = 0
+    stats = ContextStatistics(k, "image", 1, view_weight=u).partial_fit(idx, val, nonempty, n_views=2)
+    codes = _dense(idx.reshape(-1, idx.shape[-1]), val.reshape(-1, idx.shape[-1]), k).reshape(2, scenes, h * w, k)
+    alive = nonempty.reshape(2, scenes, h * w).double()
+    g = torch.zeros(k, k, dtype=torch.float64)
+    mm = torch.zeros(k, k, dtype=torch.float64)
+    for s in range(scenes):
+        a = codes[:, s].reshape(-1, k)
+        node = torch.cat([alive[0, s], u * alive[1, s]])  # node weights, 0 for constant patches
+        adj = node[:, None] * node[None, :]
+        adj.fill_diagonal_(0)
+        g += a.T @ (node[:, None] * a)
+        mm += a.T @ (torch.diag(adj.sum(1)) - adj) @ a
+    if u == 1:
+        assert torch.equal(stats.gram_, g) and torch.equal(stats.context_, mm)
+    else:
+        torch.testing.assert_close(stats.gram_, g, rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(stats.context_, mm, rtol=1e-12, atol=1e-9)
+    with pytest.raises(ValueError, match="view_weight=0.3 needs binary codes"):
+        ContextStatistics(k, 1, 1, view_weight=0.3).partial_fit(idx, val, nonempty, n_views=2)
