@@ -127,12 +127,31 @@ def threshold_code(blocks, n, threshold, argmax_if_empty, padded=True):
             lists.append(flat)
             i += m
         flat = np.concatenate(lists) if lists else np.empty(0, np.int32)
-        if not padded:
-            return flat, counts
-        width = max(int(counts.max()) if n else 0, 1)
-        # torch's allocator, not numpy's: numpy asks for huge pages, and their first faults can stall
-        # for seconds while the kernel compacts memory.
-        indices = torch.empty((n, width), dtype=torch.int64)
-        values = torch.empty((n, width), dtype=torch.float32)
-        _pad(flat, counts, np.cumsum(counts) - counts, indices.numpy(), values.numpy())
+    return pad_lists(flat, counts) if padded else (flat, counts)
+
+
+def pad_lists(atoms, counts):
+    """Flat binary codes as padded lists.
+
+    Parameters
+    ----------
+    atoms : ndarray of shape (sum(counts),), int
+        Every row's atoms, row after row.
+    counts : ndarray of shape (n,), int64
+
+    Returns
+    -------
+    indices : torch.Tensor of shape (n, m), int64
+        The atoms, -1 pads; ``m`` is the largest count (at least 1).
+    values : torch.Tensor of shape (n, m), float32
+        1 at atoms, 0 at pads.
+    """
+    n = len(counts)
+    width = max(int(counts.max()) if n else 0, 1)
+    # torch's allocator, not numpy's: numpy asks for huge pages, and their first faults can stall
+    # for seconds while the kernel compacts memory.
+    indices = torch.empty((n, width), dtype=torch.int64)
+    values = torch.empty((n, width), dtype=torch.float32)
+    with compiled_section():
+        _pad(atoms, counts, np.cumsum(counts) - counts, indices.numpy(), values.numpy())
     return indices, values

@@ -47,12 +47,28 @@ def threshold_lists(x, dictionary, threshold, empty_code="zero", precision="floa
     counts : ndarray of shape (n,), int64
         Active atoms per patch.
     """
-    if (threshold_code is None or x.device.type != "cpu" or empty_code not in EMPTY_CODES
-            or precision not in PRECISIONS or (precision == "bf16" and not threshold > 0)):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if empty_code not in EMPTY_CODES:
+        raise ValueError(f"empty_code must be one of {EMPTY_CODES}, got {empty_code!r}")
+    if not _compiled_threshold_applies(x, threshold, precision):
         return None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.promote_types(x.dtype, dictionary.dtype)
-    blocks = _similarity_blocks(x.to(dtype), dictionary.to(dtype), block_rows(dictionary.shape[0], x.device))
+    blocks, _ = _precision_blocks(x, dictionary, precision)
     return threshold_code(blocks, x.shape[0], threshold, empty_code == "argmax", padded=False)
+
+
+def _compiled_threshold_applies(x, threshold, precision):
+    """Whether the compiled threshold pass codes ``x``: numba installed, CPU, and for bfloat16
+    similarities a positive threshold (their compare reads the bits as integers)."""
+    return threshold_code is not None and x.device.type == "cpu" and (precision != "bf16" or threshold > 0)
+
+
+def _precision_blocks(x, dictionary, precision):
+    """The similarity blocks ``x @ dictionary.T`` at ``precision`` (see ``_similarity_blocks``), and
+    the rows per block."""
+    rows = block_rows(dictionary.shape[0], x.device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.promote_types(x.dtype, dictionary.dtype)
+    return _similarity_blocks(x.to(dtype), dictionary.to(dtype), rows), rows
 
 
 def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, max_active=None,
@@ -118,16 +134,12 @@ def sparse_code(x, dictionary, coding="threshold", threshold=0.3, n_nonzero=1, m
         raise ValueError(f"code_values must be one of {CODE_VALUES}, got {code_values!r}")
     if code_values == "excess" and coding != "threshold":
         raise ValueError(f"code_values='excess' needs coding='threshold', got coding={coding!r}")
-    n, k_atoms = x.shape[0], dictionary.shape[0]
-    rows = block_rows(k_atoms, x.device)
+    n = x.shape[0]
     x32, dictionary32 = x.float(), dictionary.float()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.promote_types(x.dtype, dictionary.dtype)
-    x, dictionary = x.to(dtype), dictionary.to(dtype)
     if coding == "threshold" and empty_code not in EMPTY_CODES:
         raise ValueError(f"empty_code must be one of {EMPTY_CODES}, got {empty_code!r}")
-    blocks = _similarity_blocks(x, dictionary, rows)
-    compiled = (coding == "threshold" and max_active is None and threshold_code is not None
-                and x.device.type == "cpu" and (dtype != torch.bfloat16 or threshold > 0))
+    blocks, rows = _precision_blocks(x, dictionary, precision)
+    compiled = (coding == "threshold" and max_active is None and _compiled_threshold_applies(x, threshold, precision))
     if compiled:
         indices, values = threshold_code(blocks, n, threshold, empty_code == "argmax")
     else:

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 try:  # exact co-activation counts of binary codes, compiled and cache-blocked (the fast extra)
     from smt import _pairs
+    from smt._threshold import pad_lists
 except ImportError:  # numba is optional: pip install "sparse-manifold-transform[fast]"
-    _pairs = None
+    _pairs = pad_lists = None
 
 CONTEXTS = ("image",)
 ORDERS = (1, 2)
@@ -323,25 +324,24 @@ class ContextStatistics:
             Active atoms per patch (0 for a constant patch).
         nonempty : torch.Tensor of shape (V*B, H', W'), bool
         n_views : int, default=1
+
+        Needs numba (the ``fast`` extra), as the coder that makes such lists does.
         """
-        ptr = np.zeros(len(counts) + 1, np.int64)
-        np.cumsum(counts, out=ptr[1:])
         if (self.context == "image" and self.order == 1 and _pairs is not None
                 and torch.device(self.device).type == "cpu"):
+            ptr = np.zeros(len(counts) + 1, np.int64)
+            np.cumsum(counts, out=ptr[1:])
             if nonempty.shape[0] % n_views:
                 raise ValueError(f"{nonempty.shape[0]} images do not split into {n_views} views of equal count")
             if not hasattr(self, "_gram"):
                 self._init()
             self._add_whole_image_counts((atoms, ptr, (counts > 0).astype(np.float64)), nonempty, n_views)
             return self
-        self._check_view_weight(n_views)
         # Other contexts and orders take the padded codes.
-        width = max(int(counts.max()) if len(counts) else 0, 1)
-        row = np.repeat(np.arange(len(counts)), counts)
-        idx = np.full((len(counts), width), -1, np.int64)
-        idx[row, np.arange(len(atoms)) - ptr[row]] = atoms
-        idx = torch.from_numpy(idx).to(self.device).view(*nonempty.shape, width)
-        return self.partial_fit(idx, (idx >= 0).to(torch.float32), nonempty.to(self.device), n_views)
+        idx, val = pad_lists(atoms, counts)
+        shape = (*nonempty.shape, idx.shape[1])
+        return self.partial_fit(idx.to(self.device).view(shape), val.to(self.device).view(shape),
+                                nonempty.to(self.device), n_views)
 
     def partial_fit(self, indices, values, nonempty, n_views=1):
         """Add the statistics of a batch of images.
@@ -450,24 +450,29 @@ class ContextStatistics:
         w_ref = sum(u) * h * w
         weight = (row_value * row_value).astype(np.int64)
         gram, context = self._gram.numpy().reshape(k, k), self._context.numpy().reshape(k, k)
-        # The rows are view-major: view v's rows are one contiguous block of the CSR.
-        views = [_csr_rows(ind, ptr, v * rows, (v + 1) * rows) for v in range(n_views)] if n_views > 1 else [(ind, ptr)]
-        for v, (ind_v, ptr_v) in enumerate(views):
-            wv = weight[v * rows:(v + 1) * rows]
-            _pairs.add_pair_counts([(gram, u[v]), (context, u[v] * w_ref)], ind_v, ptr_v, wv)
+        m_view = nonempty.reshape(n_views, scenes, -1).sum(2).numpy().astype(np.int64)
+        # One kernel call (one walk of the tiles) per group of views that share a weight: all the
+        # rows at once when every view weighs the same. The rows are view-major, so a view's rows
+        # are one contiguous block of the CSR. Scenes with constant patches: their G_img weighs
+        # U_scene = sum_t u_t m_t, not U_ref (see _add_whole_image); the difference
+        # sum_t u_t (m_t - h w) is added as integer row weights, one term when every view weighs
+        # the same, else one per view t, times u_t.
+        uniform = len(set(u)) == 1
+        missing = m_view - h * w
+        terms = [(u[0], missing.sum(0))] if uniform else [(u[t], missing[t]) for t in range(n_views)]
+        groups = [(u[0], range(n_views))] if uniform else [(u[v], [v]) for v in range(n_views)]
+        for scale, members in groups:
+            first, last = members[0] * rows, (members[-1] + 1) * rows
+            ind_g, ptr_g = _csr_rows(ind, ptr, first, last)
+            w_g = weight[first:last]
+            _pairs.add_pair_counts([(gram, scale), (context, scale * w_ref)], ind_g, ptr_g, w_g)
+            for u_t, per_scene in terms:
+                if np.any(per_scene):
+                    per_row = np.tile(np.repeat(per_scene, h * w), len(members))
+                    _pairs.add_pair_counts([(context, scale * u_t)], ind_g, ptr_g, w_g * per_row)
         self.usage_ += torch.from_numpy(np.bincount(ind, minlength=k).astype(np.float64))
         self.n_patches_ += int(nonempty.sum())
         self.n_images_ += b
-        # Scenes with constant patches: their G_img weighs U_scene = sum_v u_v m_v, not U_ref (see
-        # _add_whole_image); U_scene - U_ref = sum_v u_v (m_v - h w), each term an integer per row.
-        m_view = nonempty.reshape(n_views, scenes, -1).sum(2).numpy().astype(np.int64)
-        if np.any(m_view != h * w):
-            for v, (ind_v, ptr_v) in enumerate(views):
-                wv = weight[v * rows:(v + 1) * rows]
-                for t in range(n_views):
-                    if np.any(m_view[t] != h * w):
-                        per_row = np.repeat(m_view[t] - h * w, h * w)
-                        _pairs.add_pair_counts([(context, u[v] * u[t])], ind_v, ptr_v, wv * per_row)
         sums = _pairs.image_sums(ind, ptr, row_value, h * w, k).reshape(n_views, scenes, k)
         self._subtract_outer(torch.from_numpy(sum(u[v] * sums[v] for v in range(n_views))))
 

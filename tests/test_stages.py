@@ -199,6 +199,10 @@ def test_threshold_lists_are_the_padded_codes_unpadded(precision):
         assert np.array_equal(counts, (idx >= 0).sum(1).numpy())
         assert np.array_equal(atoms, idx[idx >= 0].numpy())
     assert threshold_lists(x, phi, -0.1, "zero", "bf16") is None  # the bf16 compare needs t > 0
+    with pytest.raises(ValueError, match="empty_code must be one of"):
+        threshold_lists(x, phi, 0.5, "none")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        threshold_lists(x, phi, 0.5, "zero", "fp8")
 
 # ----------------------------------------------------------------- statistics and solve
 def _random_codes(gen, b=3, h=5, w=6, m=2, k=7, p_empty=0.2):
