@@ -424,3 +424,25 @@ def test_precision_is_checked():
         StreamingKNN(np.ones((2, 3)), precision="float16")
     with pytest.raises(ValueError, match="precision"):
         knn_accuracy(np.ones((4, 3)), [0, 1, 0, 1], np.ones((2, 3)), [0, 1], precision="int8", device="cpu")
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_copy_false_normalises_in_place_with_the_same_neighbours(precision):
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(300, 50)).astype(np.float32)
+    refs = 3 * rng.normal(size=(2000, 50)).astype(np.float32)
+    labels = rng.integers(0, 5, 2000)
+    expected = _stream(StreamingKNN(queries, k=10, device="cpu", precision=precision), refs, labels, 500)
+    q, r = queries.copy(), refs.copy()
+    knn = _stream(StreamingKNN(q, k=10, device="cpu", precision=precision, copy=False), r, labels, 500)
+    for a, b in zip(expected.neighbors(), knn.neighbors()):
+        assert torch.equal(a, b)
+    # the caller's float32 arrays now hold the unit rows the kNN compared
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(r, refs / np.linalg.norm(refs, axis=1, keepdims=True), rtol=1e-6)
+    # other dtypes cannot be normalised in place: they are cast into a copy, the input kept
+    q64 = queries.astype(np.float64)
+    StreamingKNN(q64, k=10, device="cpu", copy=False)
+    np.testing.assert_array_equal(q64, queries.astype(np.float64))
+    with pytest.raises(ValueError, match="copy"):
+        StreamingKNN(queries, copy="no")
