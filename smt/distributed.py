@@ -20,7 +20,14 @@ the same shape and pixel type (uint8, or float); a shard that fails the input ch
 process raises the same error, naming that rank, on every process.
 
 Everything here is a no-op (one process, rank 0) when ``torch.distributed`` is not initialized.
+
+The fit meets the other processes only through one :class:`Shard`, opened where the fit starts:
+the fit itself is written for one process and asks its shard for the three global things it needs
+(the front-end images, rank 0's front-end arrays, the summed statistics).
 """
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -185,3 +192,81 @@ def reduced_statistics(stats):
     reduced = type(stats)(stats.n_atoms, stats.context, stats.order, stats.device, stats.image_weight,
                           stats.view_weight)
     return reduced.set_state(all_reduce_state(state))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's contiguous block of the global image stream of one fit call.
+
+    Opened once per call with :meth:`open`; with one process it is the whole stream and every
+    method returns its input.
+
+    Attributes
+    ----------
+    counts : tuple of int
+        Every process's image count in this call, by rank; the global stream is rank 0's images,
+        then rank 1's, and so on.
+    rank : int
+    """
+
+    counts: tuple
+    rank: int = 0
+
+    @classmethod
+    def open(cls, check):
+        """Validate this process's images on every process (see :func:`check_on_all`) and learn
+        the shard sizes; returns ``(shard, images)``."""
+        images = check_on_all(check)
+        return cls(tuple(all_gather_counts(len(images))), rank()), images
+
+    @property
+    def total(self):
+        """Images in the global stream of this call."""
+        return sum(self.counts)
+
+    @property
+    def is_root(self):
+        """True on the one process that keeps what all processes would otherwise repeat."""
+        return self.rank == 0
+
+    def seed(self, value):
+        """Rank 0's seed."""
+        return broadcast_int(value)
+
+    def first(self, images, n, wire):
+        """The first ``n`` images of this call's global stream, on every process.
+
+        Parameters
+        ----------
+        images : array-like of shape (counts[rank], ...)
+            This process's images.
+        n : int
+            At most ``total``.
+        wire : callable
+            Turns this process's rows into the CPU tensor that travels (same dtype on every process).
+
+        Returns
+        -------
+        With one process ``images[:n]`` itself (a view, nothing copied); else the gathered rows,
+        a CPU tensor.
+        """
+        take = [max(0, min(c, n - sum(self.counts[:q]))) for q, c in enumerate(self.counts)]
+        mine = images[:take[self.rank]]
+        if len(self.counts) == 1:
+            return mine
+        return gather_rows(wire(mine), take)
+
+    def from_root(self, arrays):
+        """Rank 0's numpy arrays, so that every process codes with bit-identical ones."""
+        return broadcast_arrays(arrays)
+
+    def summed(self, stats):
+        """The code statistics summed over the processes (see :func:`reduced_statistics`)."""
+        return reduced_statistics(stats)
+
+    def checkpoint_path(self, path):
+        """One checkpoint file per process (its shard, its position) when there are several."""
+        if not path or len(self.counts) == 1:
+            return path
+        p = Path(path)
+        return str(p.with_name(f"{p.name}.rank{self.rank}-of-{len(self.counts)}"))

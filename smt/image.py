@@ -538,17 +538,17 @@ class SMT(TransformerMixin, BaseEstimator):
             raise ValueError("partial_fit continues a fit made in this process or a model saved with "
                              "save(path, stream=True); this model was loaded from a file without statistics "
                              "to add to: refit it with fit or partial_fit")
-        images = distributed.check_on_all(lambda: self._check_images(X, reset=stream is None))
+        # The one place the fit meets the other processes (one process: a shard of everything).
+        shard, images = distributed.Shard.open(lambda: self._check_images(X, reset=stream is None))
         device = resolve_device(self.device)
         self.fit_stats_ = {}
-        counts = distributed.all_gather_counts(len(images))
         if stream is None:
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-            stream = {"seed": distributed.broadcast_int(seed), "n_seen": 0, "front": None, "frozen": False}
+            stream = {"seed": shard.seed(seed), "n_seen": 0, "front": None, "frozen": False}
         stream = dict(stream)  # stored when the call succeeds
-        self._ckpt = Checkpoint(self._rank_checkpoint_path() if resumable else None, self.checkpoint_every,
-                                self._model_params(), images)
-        n_seen, total = stream["n_seen"], sum(counts)
+        self._ckpt = Checkpoint(shard.checkpoint_path(self.checkpoint_path) if resumable else None,
+                                self.checkpoint_every, self._model_params(), images)
+        n_seen, total = stream["n_seen"], shard.total
         n_new = 0 if stream["frozen"] else min(self.front_end_images, n_seen + total) - n_seen
         run = FitPosition(seed=stream["seed"])
         sources = [images]
@@ -557,9 +557,13 @@ class SMT(TransformerMixin, BaseEstimator):
             stages = self._new_stages(device)
             run = self._resume(run, stages, device)
             stream["seed"] = run.seed
-            front = self._front_set(stream["front"], images, counts, n_new)
-            self._fit_front_end(front, run, stages, device)
-            if stream["front"] is not None and distributed.rank() == 0:
+            front = shard.first(images, n_new, wire=_as_buffer)
+            if stream["front"] is not None:
+                front = _concat_images(stream["front"], _as_buffer(front))
+            # Rank 0's arrays everywhere: every process codes with bit-identical ones.
+            for name, value in shard.from_root(self._fit_front_end(front, run, stages, device)).items():
+                setattr(self, name, value)
+            if stream["front"] is not None and shard.is_root:
                 # The statistics restart with the new front end: recount the kept earlier images.
                 sources = [stream["front"], images]
             full = n_seen + n_new >= self.front_end_images
@@ -583,25 +587,13 @@ class SMT(TransformerMixin, BaseEstimator):
         self.fit_stats_["statistics_seconds"] = time.perf_counter() - tic
         self._stats = stages["stats"]
         tic = time.perf_counter()
-        self._solve(distributed.reduced_statistics(self._stats), device)
+        self._solve(shard.summed(self._stats), device)
         self.fit_stats_["solve_seconds"] = time.perf_counter() - tic
         stream["n_seen"] = n_seen + total
         self._stream = stream
         run.phase = "done"
         self._ckpt.save(run, stages)
         return self
-
-    def _front_set(self, kept, images, counts, n_new):
-        """The front-end images: the kept ones, then the first ``n_new`` of this call's global images."""
-        r = distributed.rank()
-        before = sum(counts[:r])
-        take = [max(0, min(c, n_new - sum(counts[:q]))) for q, c in enumerate(counts)]
-        mine = images[:take[r]]
-        assert before + take[r] <= n_new
-        if not distributed.is_active() and kept is None:
-            return mine  # one process: a view, nothing copied
-        new = distributed.gather_rows(_as_buffer(mine), take)
-        return new if kept is None else _concat_images(kept, new)
 
     def _new_stages(self, device):
         return {"whitening": Whitening(self.whiten_eps),
@@ -610,7 +602,8 @@ class SMT(TransformerMixin, BaseEstimator):
                 "sample": {}}
 
     def _fit_front_end(self, front, run, stages, device):
-        """Whitening and dictionary on the front-end images ``front`` (global indices 0..n-1)."""
+        """Whitening and dictionary on the front-end images ``front`` (global indices 0..n-1);
+        returns the fitted arrays."""
         white, sample = stages["whitening"], stages["sample"]
         n = len(front)
         seed = run.seed
@@ -679,11 +672,8 @@ class SMT(TransformerMixin, BaseEstimator):
             self._ckpt.save(run, stages)
         self.fit_stats_["dictionary_seconds"] = (time.perf_counter() - tic
                                                  + self.fit_stats_.get("coherence_filter_seconds", 0.0))
-        # Rank 0's arrays everywhere: every process codes with bit-identical ones.
-        fitted = distributed.broadcast_arrays({"whitening_": white.whitening_, "coloring_": white.coloring_,
-                                               "dictionary_": dictionary.dictionary_.cpu().numpy()})
-        for name, value in fitted.items():
-            setattr(self, name, value)
+        return {"whitening_": white.whitening_, "coloring_": white.coloring_,
+                "dictionary_": dictionary.dictionary_.cpu().numpy()}
 
     def _front_group(self):
         """Images per group of the passes over the front end: a fixed patch count, not batch_size,
@@ -982,13 +972,6 @@ class SMT(TransformerMixin, BaseEstimator):
 
     def _batches(self, n, run, stage, step=None):
         return self._progress(range(run.batch, n, step or self.batch_size), stage, n)
-
-    def _rank_checkpoint_path(self):
-        """``checkpoint_path``; under torch.distributed one file per process (its shard, its position)."""
-        if not self.checkpoint_path or not distributed.is_active():
-            return self.checkpoint_path
-        path = Path(self.checkpoint_path)
-        return str(path.with_name(f"{path.name}.rank{distributed.rank()}-of-{distributed.world_size()}"))
 
     def _resume(self, run, stages, device):
         """The position to go on from: ``run``, or the checkpoint's with its stages' states restored."""

@@ -72,3 +72,15 @@ def test_single_process_helpers_are_no_ops():
     assert distributed.all_gather_counts(5) == [5] and distributed.broadcast_int(7) == 7
     t = torch.arange(3)
     assert distributed.gather_rows(t, [3]) is t
+
+
+def test_single_process_shard_is_the_whole_stream():
+    from smt.distributed import Shard
+    X = np.arange(24, dtype=np.uint8).reshape(6, 2, 2)
+    shard, images = Shard.open(lambda: X)
+    assert images is X and shard.counts == (6,) and shard.total == 6 and shard.is_root
+    front = shard.first(X, 4, wire=torch.as_tensor)
+    assert np.shares_memory(front, X) and len(front) == 4  # a view: nothing copied
+    assert shard.seed(11) == 11 and shard.checkpoint_path("fit.npz") == "fit.npz"
+    arrays = {"a": np.ones(3)}
+    assert shard.from_root(arrays) is arrays
