@@ -10,7 +10,6 @@ train, else 2 valid + test. All methods see the same cleaned token lines (spec 8
 window and min count; word2vec (gensim, skip-gram) needs the ``words`` extra.
 """
 import argparse
-import itertools
 import json
 import platform
 import sys

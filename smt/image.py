@@ -4,7 +4,6 @@ import math
 import os
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch

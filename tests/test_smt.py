@@ -9,7 +9,6 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 
 from smt import SMT
-from smt.knn import knn_accuracy
 
 from conftest import small_smt
 
