@@ -600,6 +600,25 @@ class SMT(TransformerMixin, BaseEstimator):
                 "stats": self._new_statistics(device),
                 "sample": {}}
 
+    def _resume(self, run, stages, device):
+        """The position to go on from: ``run``, or the checkpoint's with its stages' states restored."""
+        k, dim = self.n_atoms, self.image_shape_[2] * self.patch_size ** 2
+        saved = self._ckpt.read({"whitening.scatter": dim * dim, "dictionary.dictionary": k * dim,
+                                 "dictionary.activation": k, "stats.gram": k * k, "stats.context": k * k,
+                                 "stats.usage": k})
+        if saved is None:
+            return run
+        position, arrays, n_nonempty = saved
+        self._ckpt.restore(stages, arrays, device)
+        stages["sample"]["n_nonempty"] = n_nonempty
+        if "sample.keys" in arrays:
+            stages["sample"]["keys"] = torch.as_tensor(arrays["sample.keys"], device=device)
+            stages["sample"]["patches"] = torch.as_tensor(arrays["sample.patches"], device=device)
+        if position.phase == "done":  # the statistics are summed again from the start
+            position.phase, position.batch = "statistics", 0
+            stages["stats"] = self._new_statistics(device)
+        return position
+
     def _fit_front_end(self, front, run, stages, device):
         """Whitening and dictionary on the front-end images ``front`` (global indices 0..n-1);
         returns the fitted arrays."""
@@ -674,6 +693,15 @@ class SMT(TransformerMixin, BaseEstimator):
         return {"whitening_": white.whitening_, "coloring_": white.coloring_,
                 "dictionary_": dictionary.dictionary_.cpu().numpy()}
 
+    def _front_patches(self, front, white, seed, device):
+        """All front-end patches, whitened, in a seeded order: the images in a permutation, in
+        groups, each group's patches shuffled."""
+        group = self._front_group()
+        order = np.random.default_rng([seed, 4]).permutation(len(front))
+        # The walk stops where the K-th atom is found, so the bar ends short of the total.
+        for g in self._progress(range(0, len(front), group), "dictionary (coherence filter)", len(front)):
+            yield self._group_patches(front, order[g:g + group], white, [seed, 5, g // group], device)
+
     def _front_group(self):
         """Images per group of the passes over the front end: a fixed patch count, not batch_size,
         so that the walk (and so the model) does not depend on batch_size."""
@@ -687,15 +715,6 @@ class SMT(TransformerMixin, BaseEstimator):
         x = white.transform(patches[~empty])
         shuffle = np.random.default_rng(shuffle_seed).permutation(len(x))
         return x[torch.as_tensor(shuffle, device=device)]
-
-    def _front_patches(self, front, white, seed, device):
-        """All front-end patches, whitened, in a seeded order: the images in a permutation, in
-        groups, each group's patches shuffled."""
-        group = self._front_group()
-        order = np.random.default_rng([seed, 4]).permutation(len(front))
-        # The walk stops where the K-th atom is found, so the bar ends short of the total.
-        for g in self._progress(range(0, len(front), group), "dictionary (coherence filter)", len(front)):
-            yield self._group_patches(front, order[g:g + group], white, [seed, 5, g // group], device)
 
     def _accumulate(self, images, run, stages, device, store=None):
         """Add the code statistics of ``images``; returns (active atoms, coded patches, nodes).
@@ -763,49 +782,7 @@ class SMT(TransformerMixin, BaseEstimator):
         return ContextStatistics(self.n_atoms, self._context_radius(), self.order, device, self.image_context_weight,
                                  view_weight=self.gray_weight if paired else 1.0)
 
-    # ------------------------------------------------------------------ encoding
-    def _whitened(self, patches, empty, device):
-        """The whitened, unit-norm non-constant patches of a grid, (n_kept, D), and the kept mask."""
-        x = torch.as_tensor(self.whitening_, dtype=torch.float32, device=device)
-        keep = ~empty.reshape(-1)
-        # constant patches get no code: skip their GEMM
-        return l2_normalize(patches.reshape(-1, patches.shape[-1])[keep] @ x), keep
-
-    def _code_lists(self, patches, empty, phi, device):
-        """Binary threshold codes of a patch grid as flat lists: (atoms (nnz,) int32 ascending per
-        patch, counts (n * H' * W',) int64 with 0 at constant patches), or None where only the
-        padded codes of ``_code`` apply (other codings or code values, CUDA, no numba)."""
-        if not (self.coding == "threshold" and self.max_active is None and self.code_values == "binary"
-                and self.code_norm is None and device.type == "cpu"):
-            return None
-        z, keep = self._whitened(patches, empty, device)
-        lists = threshold_lists(z, phi, self.threshold, self.empty_code, self.precision)
-        if lists is None:
-            return None
-        atoms, kept_counts = lists
-        counts = np.zeros(keep.numel(), np.int64)
-        counts[keep.numpy()] = kept_counts
-        self._code_width = max(int(kept_counts.max()) if len(kept_counts) else 0, 1)
-        return atoms, counts
-
-    def _code(self, patches, empty, phi, device, values=True):
-        """Codes on the patch grid; ``values=False`` skips the padded coefficient array (None)."""
-        n, gh, gw, dim = patches.shape
-        z, keep = self._whitened(patches, empty, device)
-        idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
-                               self.empty_code, self.code_norm, precision=self.precision,
-                               code_values=self.code_values)
-        self._code_width = idx.shape[1]
-        if len(idx) == n * gh * gw:  # no constant patch: the codes are already on the grid
-            return idx.view(n, gh, gw, -1), (val.view(n, gh, gw, -1) if values else None)
-        full_idx = idx.new_full((n * gh * gw, idx.shape[1]), -1)
-        full_idx[keep] = idx
-        if not values:
-            return full_idx.view(n, gh, gw, -1), None
-        full_val = val.new_zeros((n * gh * gw, val.shape[1]))
-        full_val[keep] = val
-        return full_idx.view(n, gh, gw, -1), full_val.view(n, gh, gw, -1)
-
+    # ------------------------------------------------------------------ embedding
     def _embed_images(self, images, device):
         """Embeddings of checked images, batch by batch (CPU tensors)."""
         for i in self._progress(range(0, len(images), self.batch_size), "embed", len(images)):
@@ -822,20 +799,6 @@ class SMT(TransformerMixin, BaseEstimator):
             out.append(self._embed_codes(idx[valid].to(torch.int32), valid.sum(-1, dtype=torch.int32), device,
                                          weights=None if binary else val[valid]))
         return torch.cat(out)
-
-    def _code_steps(self, n_images, views, bytes_per_entry):
-        """Slices of a batch of ``n_images`` coded at once: their padded codes, at the width of the
-        last codes (``_code_width``, updated as the slices are coded), hold about ``_CODE_BYTES``.
-        Before any code is known the first slice is small: a guessed width can be 10x too narrow
-        (dense codes), and the first step then held several GiB."""
-        gh, gw = self.patch_grid_shape_
-        start = 0
-        while start < n_images:
-            width = self.__dict__.get("_code_width")
-            step = _FIRST_CODE_STEP if width is None else max(
-                1, _CODE_BYTES // (views * gh * gw * width * bytes_per_entry))
-            yield slice(start, start + step)
-            start += step
 
     def _embed_codes(self, atoms, counts, device, weights=None):
         """Embeddings of images from their codes.
@@ -874,6 +837,63 @@ class SMT(TransformerMixin, BaseEstimator):
                      "phi": torch.as_tensor(self.dictionary_, dtype=torch.float32, device=device)}
             self._cache = cache
         return cache
+
+    # ------------------------------------------------------------------ encoding
+    def _code_steps(self, n_images, views, bytes_per_entry):
+        """Slices of a batch of ``n_images`` coded at once: their padded codes, at the width of the
+        last codes (``_code_width``, updated as the slices are coded), hold about ``_CODE_BYTES``.
+        Before any code is known the first slice is small: a guessed width can be 10x too narrow
+        (dense codes), and the first step then held several GiB."""
+        gh, gw = self.patch_grid_shape_
+        start = 0
+        while start < n_images:
+            width = self.__dict__.get("_code_width")
+            step = _FIRST_CODE_STEP if width is None else max(
+                1, _CODE_BYTES // (views * gh * gw * width * bytes_per_entry))
+            yield slice(start, start + step)
+            start += step
+
+    def _code_lists(self, patches, empty, phi, device):
+        """Binary threshold codes of a patch grid as flat lists: (atoms (nnz,) int32 ascending per
+        patch, counts (n * H' * W',) int64 with 0 at constant patches), or None where only the
+        padded codes of ``_code`` apply (other codings or code values, CUDA, no numba)."""
+        if not (self.coding == "threshold" and self.max_active is None and self.code_values == "binary"
+                and self.code_norm is None and device.type == "cpu"):
+            return None
+        z, keep = self._whitened(patches, empty, device)
+        lists = threshold_lists(z, phi, self.threshold, self.empty_code, self.precision)
+        if lists is None:
+            return None
+        atoms, kept_counts = lists
+        counts = np.zeros(keep.numel(), np.int64)
+        counts[keep.numpy()] = kept_counts
+        self._code_width = max(int(kept_counts.max()) if len(kept_counts) else 0, 1)
+        return atoms, counts
+
+    def _code(self, patches, empty, phi, device, values=True):
+        """Codes on the patch grid; ``values=False`` skips the padded coefficient array (None)."""
+        n, gh, gw, dim = patches.shape
+        z, keep = self._whitened(patches, empty, device)
+        idx, val = sparse_code(z, phi, self.coding, self.threshold, self.n_nonzero, self.max_active,
+                               self.empty_code, self.code_norm, precision=self.precision,
+                               code_values=self.code_values)
+        self._code_width = idx.shape[1]
+        if len(idx) == n * gh * gw:  # no constant patch: the codes are already on the grid
+            return idx.view(n, gh, gw, -1), (val.view(n, gh, gw, -1) if values else None)
+        full_idx = idx.new_full((n * gh * gw, idx.shape[1]), -1)
+        full_idx[keep] = idx
+        if not values:
+            return full_idx.view(n, gh, gw, -1), None
+        full_val = val.new_zeros((n * gh * gw, val.shape[1]))
+        full_val[keep] = val
+        return full_idx.view(n, gh, gw, -1), full_val.view(n, gh, gw, -1)
+
+    def _whitened(self, patches, empty, device):
+        """The whitened, unit-norm non-constant patches of a grid, (n_kept, D), and the kept mask."""
+        x = torch.as_tensor(self.whitening_, dtype=torch.float32, device=device)
+        keep = ~empty.reshape(-1)
+        # constant patches get no code: skip their GEMM
+        return l2_normalize(patches.reshape(-1, patches.shape[-1])[keep] @ x), keep
 
     # ------------------------------------------------------------------ checks
     def _check_params(self):
@@ -964,32 +984,13 @@ class SMT(TransformerMixin, BaseEstimator):
         tags.non_deterministic = self.random_state is None
         return tags
 
-    # ------------------------------------------------------------------ streaming & checkpoints
-    def _progress(self, iterable, stage, n_images):
-        return tqdm(iterable, desc=f"SMT {stage}", unit="batch", disable=not self.verbose,
-                    postfix={"images": n_images}, leave=False)
-
+    # ------------------------------------------------------------------ progress & parameters
     def _batches(self, n, run, stage, step=None):
         return self._progress(range(run.batch, n, step or self.batch_size), stage, n)
 
-    def _resume(self, run, stages, device):
-        """The position to go on from: ``run``, or the checkpoint's with its stages' states restored."""
-        k, dim = self.n_atoms, self.image_shape_[2] * self.patch_size ** 2
-        saved = self._ckpt.read({"whitening.scatter": dim * dim, "dictionary.dictionary": k * dim,
-                                 "dictionary.activation": k, "stats.gram": k * k, "stats.context": k * k,
-                                 "stats.usage": k})
-        if saved is None:
-            return run
-        position, arrays, n_nonempty = saved
-        self._ckpt.restore(stages, arrays, device)
-        stages["sample"]["n_nonempty"] = n_nonempty
-        if "sample.keys" in arrays:
-            stages["sample"]["keys"] = torch.as_tensor(arrays["sample.keys"], device=device)
-            stages["sample"]["patches"] = torch.as_tensor(arrays["sample.patches"], device=device)
-        if position.phase == "done":  # the statistics are summed again from the start
-            position.phase, position.batch = "statistics", 0
-            stages["stats"] = self._new_statistics(device)
-        return position
+    def _progress(self, iterable, stage, n_images):
+        return tqdm(iterable, desc=f"SMT {stage}", unit="batch", disable=not self.verbose,
+                    postfix={"images": n_images}, leave=False)
 
     def _model_params(self):
         return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS}
