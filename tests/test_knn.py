@@ -446,3 +446,15 @@ def test_copy_false_normalises_in_place_with_the_same_neighbours(precision):
     np.testing.assert_array_equal(q64, queries.astype(np.float64))
     with pytest.raises(ValueError, match="copy"):
         StreamingKNN(queries, copy="no")
+
+
+def test_nan_in_any_block_of_rows_is_found(monkeypatch):
+    import smt.knn
+    monkeypatch.setattr(smt.knn, "_FINITE_BLOCK", 8)  # 2 rows of 4 features per block
+    q = np.ones((7, 4), dtype=np.float32)
+    q[6, 3] = np.nan
+    with pytest.raises(ValueError, match="queries contains NaN"):
+        StreamingKNN(q, device="cpu")
+    knn = StreamingKNN(np.ones((3, 4)), device="cpu")
+    with pytest.raises(ValueError, match="reference_chunk holds finite values beyond float32"):
+        knn.update(np.vstack([np.ones((4, 4)), [[1e39, 0, 0, 0]]]), np.zeros(5, dtype=int))
