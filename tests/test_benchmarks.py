@@ -50,6 +50,7 @@ def test_speed_script_prints_every_table(data_root, capsys):
     assert result["encode_gemm_fraction"] > 0 and result["statistics_over_encode"] > 0
     assert 0 <= result["bf16_code_difference"] < 0.05
     assert "bf16 screen" in out and result["knn_screen"]["same_neighbours"]
+    assert result["knn_screen"]["same_neighbour_sets"] and result["knn_screen"]["reordered_ranks"] == 0
     assert 0 <= result["knn_screen"]["rescored_fraction"] <= 1
     # images scale at the first K, atoms at every --atoms-images
     assert [(n, k) for n, k, *_ in result["scaling"]] == [(40, 32), (80, 32), (40, 64), (60, 64)]
