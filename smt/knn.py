@@ -44,7 +44,7 @@ try:  # pairs read in place, in parallel; torch's gathers otherwise (the same si
 except ImportError:  # numba is optional: pip install "sparse-manifold-transform[fast]"
     pair_dots = None
 from smt._norm import NORM_EPS
-from smt._validation import DEVICE, Integral, Interval, Real, StrOptions, check_param, check_params
+from smt._validation import DEVICE, Integral, Interval, Real, StrOptions, all_finite, check_param, check_params
 
 __all__ = ["PRECISIONS", "StreamingKNN", "knn_accuracy"]
 
@@ -91,20 +91,14 @@ def _to_float_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}")
     if t.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    if t.is_floating_point() and not _all_finite(t):
+    if t.is_floating_point() and not all_finite(t):
         raise ValueError(f"{name} contains NaN or infinite values")
     cast = t.to(device=device, dtype=torch.float32)
-    if cast.dtype != t.dtype and not _all_finite(cast):
+    if cast.dtype != t.dtype and not all_finite(cast):
         raise ValueError(f"{name} holds finite values beyond float32's range (+-3.4e38), where the "
                          f"similarities are computed: rescale it")
     return cast
 
-
-def _all_finite(t: torch.Tensor) -> bool:
-    """``torch.isfinite(t).all()`` a block of rows at a time: ``isfinite`` holds ``|t|``, a float
-    copy of its input (2.2 GB for 10,000 CIFAR embeddings at d 384)."""
-    step = max(1, _FINITE_BLOCK // max(t[0].numel() if len(t) else 1, 1))
-    return all(bool(torch.isfinite(t[i:i + step]).all()) for i in range(0, len(t), step))
 
 
 def _to_label_tensor(y: Any, name: str, n: int, device: torch.device) -> torch.Tensor:
@@ -128,9 +122,6 @@ def _to_label_tensor(y: Any, name: str, n: int, device: torch.device) -> torch.T
         raise ValueError(f"{name} must be non-negative class indices")
     return t
 
-
-# Values per block of the finiteness check (64 MB of float32).
-_FINITE_BLOCK = 1 << 24
 
 _PARAMS = {"k": [Interval(Integral, 1, None, closed="left")],
            "temperature": [Interval(Real, 0, None, closed="neither")],

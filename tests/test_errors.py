@@ -33,6 +33,16 @@ def test_nan_inf(digits, bad, word):
         small_smt().fit(X)
 
 
+@pytest.mark.parametrize("bad,word", [(np.nan, "NaN"), (np.inf, "infinity")])
+def test_nan_inf_in_the_last_block_of_a_float_tensor(digits, bad, word, monkeypatch):
+    import smt._validation
+    monkeypatch.setattr(smt._validation, "_FINITE_BLOCK", 64 * 3)  # 3 images of 8x8 per block
+    X = torch.as_tensor(digits[0][:50] / 16.0, dtype=torch.float32)
+    X[49, 7, 7] = bad
+    with pytest.raises(ValueError, match=word):
+        small_smt().fit(X)
+
+
 def test_float_out_of_range(digits):
     with pytest.raises(ValueError, match=r"\[0, 1\].*255"):
         small_smt().fit(digits[0][:50] * 16)

@@ -449,8 +449,8 @@ def test_copy_false_normalises_in_place_with_the_same_neighbours(precision):
 
 
 def test_nan_in_any_block_of_rows_is_found(monkeypatch):
-    import smt.knn
-    monkeypatch.setattr(smt.knn, "_FINITE_BLOCK", 8)  # 2 rows of 4 features per block
+    import smt._validation
+    monkeypatch.setattr(smt._validation, "_FINITE_BLOCK", 8)  # 2 rows of 4 features per block
     q = np.ones((7, 4), dtype=np.float32)
     q[6, 3] = np.nan
     with pytest.raises(ValueError, match="queries contains NaN"):
