@@ -104,8 +104,8 @@ def knn_screen(model, images, n_queries, chunk, device):
     # way, so two references within float32 rounding of each other can trade ranks (same neighbours).
     same_sets = bool(torch.equal(i32.sort(dim=1).values, i16.sort(dim=1).values))
     swapped = int((i32 != i16).sum())
-    verdict = ("identical" if same else f"the same sets, {swapped} of {i32.numel()} ranks in another order "
-               f"(near-ties within float32 rounding)" if same_sets else "DIFFER")
+    verdict = "identical" if same else (f"the same sets, {swapped} of {i32.numel()} ranks in another order "
+                                        f"(near-ties within float32 rounding)" if same_sets else "DIFFER")
     print(f"\nkNN on real embeddings ({len(queries)} queries x {len(refs)} references of "
           f"{z.shape[1]} features, chunks of {chunk}): float32 {sec32:.2f} s, bf16 screen {sec16:.2f} s "
           f"({sec32 / sec16:.2f}x); rescored {100 * bf16.n_rescored / screened:.2f} % of the screened "

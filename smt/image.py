@@ -723,11 +723,11 @@ class SMT(TransformerMixin, BaseEstimator):
         phi = torch.as_tensor(self.dictionary_, dtype=torch.float32, device=device)
         n_active = n_coded = n_nodes = 0
         views = 1 if self.grayscale_augmentation is None else 2
+        n_views = self._context_views
         for b in self._batches(len(images), run, "statistics"):
             batch = images[b:b + self.batch_size]
             for part in self._code_steps(len(batch), views, bytes_per_entry=24):
                 patches, empty = extract_patches(self._views(batch[part], device), self.patch_size)
-                n_views = 2 if self.grayscale_augmentation in ("paired", "context") else 1
                 lists = self._code_lists(patches, empty, phi, device)
                 if lists is not None:
                     atoms, counts = lists
@@ -770,6 +770,12 @@ class SMT(TransformerMixin, BaseEstimator):
         """Views per image in the whitening and the dictionary: the gray copy too, unless it is context only."""
         return 2 if self.grayscale_augmentation in ("paired", "independent") else 1
 
+    @property
+    def _context_views(self):
+        """Views per scene in the code statistics' context: 2 when the gray copy shares its colour
+        image's context ("paired", "context"), else 1 (an independent gray copy is its own scene)."""
+        return 2 if self.grayscale_augmentation in ("paired", "context") else 1
+
     def _views(self, images, device, front=False):
         """A slice of training images as the batch the fit (``front``: its front end) sees: with
         their gray copies, if asked."""
@@ -778,9 +784,8 @@ class SMT(TransformerMixin, BaseEstimator):
         return gray_views(batch) if gray else batch
 
     def _new_statistics(self, device):
-        paired = self.grayscale_augmentation in ("paired", "context")
         return ContextStatistics(self.n_atoms, self._context_radius(), self.order, device, self.image_context_weight,
-                                 view_weight=self.gray_weight if paired else 1.0)
+                                 view_weight=self.gray_weight if self._context_views == 2 else 1.0)
 
     # ------------------------------------------------------------------ embedding
     def _embed_images(self, images, device):
@@ -906,7 +911,7 @@ class SMT(TransformerMixin, BaseEstimator):
         if self.n_components + self.n_skip > self.n_atoms:
             raise ValueError(f"SMT: n_components + n_skip = {self.n_components + self.n_skip} exceeds "
                              f"n_atoms={self.n_atoms}, the most directions the codes can span")
-        if (self.gray_weight != 1 and self.grayscale_augmentation in ("paired", "context")
+        if (self.gray_weight != 1 and self._context_views == 2
                 and not (self.context == "image" and self.order == 1 and self.code_values == "binary"
                          and self.code_norm is None)):
             raise ValueError(f"SMT: gray_weight={self.gray_weight} needs binary codes (code_values='binary', "

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from smt._device import resolve_device
 
@@ -98,7 +97,6 @@ def _to_float_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
         raise ValueError(f"{name} holds finite values beyond float32's range (+-3.4e38), where the "
                          f"similarities are computed: rescale it")
     return cast
-
 
 
 def _to_label_tensor(y: Any, name: str, n: int, device: torch.device) -> torch.Tensor:
@@ -365,10 +363,9 @@ class StreamingKNN:
         self.classes_ = torch.unique(torch.cat([self.classes_, labels]))
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit rows of ``x``; in place when ``copy`` is False (``F.normalize``'s arithmetic either way)."""
-        if self.copy:
-            return F.normalize(x, p=2.0, dim=1, eps=NORM_EPS)
-        return x.div_(torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True).clamp_min_(NORM_EPS))
+        """Unit rows of ``x`` (``F.normalize``'s arithmetic); in place when ``copy`` is False."""
+        norm = torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True).clamp_min_(NORM_EPS)
+        return x / norm if self.copy else x.div_(norm)
 
     def _screen(
         self, start: int, stop: int, refs: torch.Tensor, refs_bf16: torch.Tensor,
