@@ -6,10 +6,13 @@ patch count for the context terms). Scattering every pair into the (K, K) float6
 cache on nearly every update (K 8192: 512 MiB), and so does reading every row's list once per
 block of the result. Here:
 
-- each row's atoms are first sorted into the 256-atom blocks of the result, block by block, as
-  one-byte offsets within the block (a block's lists for all rows are one contiguous run);
-- the (K, K) result is walked in 256 x 256 tiles (an int32 tile is 256 KiB, in L2): tile (i, j)
-  streams the runs of blocks i and j once and adds every row's pairs into the tile;
+- each row's atoms are first sorted into the 512-atom blocks of the result, in one walk of the
+  row, as two-byte offsets within the block (a block's lists for all rows are one contiguous run);
+- the (K, K) result is walked in 512 x 512 tiles (an int32 tile is 1 MiB, this CPU's L2): tile
+  (i, j) streams the runs of blocks i and j once and adds every row's pairs into the tile. Larger
+  tiles than 256 cost more cache misses per pair but far less loop overhead: a row has about 8
+  atoms in a block instead of 4 at K 8192, and 1.6x the pair rate was measured
+  (benchmarks/RESULTS.md, "Stop 18");
 - each tile is then added, times a scale, to one or two float64 sums; symmetric statistics
   (``A_n = B_n``) walk the upper triangle of tiles only and mirror each as it is flushed.
 
@@ -21,9 +24,9 @@ import numpy as np
 
 from smt._compiled import compiled_section
 
-# Tile side; offsets within a tile fit one byte.
-TILE = 256
-_SHIFT = 8
+# Tile side; offsets within a tile fit two bytes.
+TILE = 512
+_SHIFT = 9
 # An int32 tile entry grows by at most |w| per row: rows are cut into parts with |w| * rows below this.
 _INT32_ROOM = (1 << 31) - 1
 
@@ -73,36 +76,30 @@ def _fill_rows(idx, val, ptr, ind, row_value, flags):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _block_counts(ind, ptr, rows, n_blocks):
-    counts = np.zeros((n_blocks, len(rows)), np.uint16)
+def _row_block_counts(ind, ptr, rows, n_blocks):
+    counts = np.zeros((len(rows), n_blocks), np.uint16)
     for r in numba.prange(len(rows)):
         i = rows[r]
         for p in range(ptr[i], ptr[i + 1]):
-            counts[ind[p] >> _SHIFT, r] += 1
+            counts[r, ind[p] >> _SHIFT] += 1
     return counts
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _block_fill(ind, ptr, rows, counts, starts, local):
-    """Block t's run: for every row in turn, its atoms in block t as offsets within the block."""
-    for t in numba.prange(counts.shape[0]):
-        o = starts[t]
-        lo = t << _SHIFT
-        for r in range(len(rows)):
-            c = counts[t, r]
-            if c == 0:
-                continue
-            i = rows[r]
-            a, b = ptr[i], ptr[i + 1]
-            while a < b:  # the row's first atom >= lo (rows are sorted)
-                m = (a + b) >> 1
-                if ind[m] < lo:
-                    a = m + 1
-                else:
-                    b = m
-            for j in range(c):
-                local[o + j] = ind[a + j] - lo
-            o += c
+def _fill_blocks(ind, ptr, rows, offsets, local):
+    """Each row's atoms, walked once in order, into its place in every block's run."""
+    for r in numba.prange(len(rows)):
+        i = rows[r]
+        t_prev = -1
+        o = 0
+        for p in range(ptr[i], ptr[i + 1]):
+            a = ind[p]
+            t = a >> _SHIFT
+            if t != t_prev:
+                o = offsets[t, r]
+                t_prev = t
+            local[o] = a - (t << _SHIFT)
+            o += 1
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -215,11 +212,16 @@ def add_pair_counts(targets, ind_a, ptr_a, weight, ind_b=None, ptr_b=None):
 
 
 def _blocks(ind, ptr, rows, n_blocks):
-    counts = _block_counts(ind, ptr, rows, n_blocks)
+    counts = _row_block_counts(ind, ptr, rows, n_blocks).T.copy()
+    offsets = np.empty(counts.shape, np.int64)
+    np.cumsum(counts, axis=1, out=offsets[:, :])
+    totals = offsets[:, -1].copy()
+    offsets -= counts
     starts = np.zeros(n_blocks + 1, np.int64)
-    np.cumsum(counts.sum(1, dtype=np.int64), out=starts[1:])
-    local = np.empty(int(starts[-1]), np.uint8)
-    _block_fill(ind, ptr, rows, counts, starts, local)
+    np.cumsum(totals, out=starts[1:])
+    offsets += starts[:-1, None]
+    local = np.empty(int(starts[-1]), np.uint16)
+    _fill_blocks(ind, ptr, rows, offsets, local)
     return local, counts, starts
 
 

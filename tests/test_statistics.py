@@ -41,7 +41,7 @@ def kernel_always(monkeypatch):
     monkeypatch.setattr(smt.statistics, "_MIN_KERNEL_PAIRS_PER_ENTRY", 0.0)
 
 
-@pytest.mark.parametrize("k", [5, 600])  # one tile; three, the last ragged
+@pytest.mark.parametrize("k", [5, 1100])  # one tile; three blocks of the result, the last ragged
 def test_kernel_counts_equal_outer_products(k, kernel_always):
     gen = torch.Generator().manual_seed(0)
     ia, va = _codes(400, k, 30, gen)
