@@ -16,7 +16,8 @@ from sklearn.pipeline import FeatureUnion
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import StageMeter  # noqa: E402
 
-from smt import SMT  # noqa: E402
+from smt import SMT, HierarchicalSMT  # noqa: E402
+from smt.hierarchical import default_second_layer  # noqa: E402
 from smt._device import resolve_device  # noqa: E402
 from smt.augment import add_gray_copies, add_mirrors  # noqa: E402
 from smt.knn import StreamingKNN  # noqa: E402
@@ -199,8 +200,9 @@ def smt_params(args):
 
 
 def build_model(args):
-    """The estimator the options ask for: one ``SMT``, or for several ``--patch-size`` (and
-    ``--threshold``) values a scikit-learn ``FeatureUnion`` of one ``SMT`` per value, their
+    """The estimator the options ask for: one ``SMT``; with ``--second-layer`` a
+    :class:`~smt.HierarchicalSMT` whose first layer is that ``SMT``; or for several ``--patch-size``
+    (and ``--threshold``) values a scikit-learn ``FeatureUnion`` of one ``SMT`` per value, their
     embeddings concatenated.
 
     Member ``i`` takes the ``i``-th patch size and threshold (a single value is shared), is seeded
@@ -210,6 +212,12 @@ def build_model(args):
     """
     params = smt_params(args)
     n = max(len(args.patch_size), len(args.threshold))
+    if args.second_layer is not None:
+        if n > 1:
+            raise SystemExit("--second-layer takes one --patch-size and one --threshold")
+        second = default_second_layer().set_params(**dict(args.second_layer), verbose=True)
+        return HierarchicalSMT(SMT(**params), second, output=args.second_output, second_weight=args.second_weight,
+                               chunk_size=args.chunk_size, random_state=args.seed)
     if n == 1:
         return SMT(**params)
     if {len(args.patch_size), len(args.threshold)} - {1, n}:
@@ -237,7 +245,17 @@ def fit_transform_chunks(model, x, chunk):
 
 
 def _members(model):
+    if isinstance(model, HierarchicalSMT):
+        return [model.first_, model.second_]
     return [model] if isinstance(model, SMT) else [m for _, m in model.transformer_list]
+
+
+def _key_value(text):
+    """argparse type: ``name=value`` for a parameter of the second layer's ``SMT``."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in SMT().get_params():
+        raise argparse.ArgumentTypeError(f"not NAME=VALUE with NAME an SMT parameter: {text!r}")
+    return name, _value(value)
 
 
 def parser(doc, **defaults):
@@ -253,6 +271,13 @@ def parser(doc, **defaults):
     ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=[SMT().threshold],
                     help="coding threshold (the cosine an atom must reach); several values: one per member, "
                          "as --patch-size")
+    ap.add_argument("--second-layer", type=_key_value, nargs="*", default=None, metavar="NAME=VALUE",
+                    help="a second SMT layer on the first layer's pooled maps (smt.HierarchicalSMT); its SMT "
+                         "parameters are smt.hierarchical.default_second_layer()'s, changed by NAME=VALUE")
+    ap.add_argument("--second-output", choices=["both", "second"], default="both",
+                    help="with --second-layer: both layers' embeddings (each at unit norm), or the second's")
+    ap.add_argument("--second-weight", type=_at_least(float, 0), default=1.0,
+                    help="with --second-layer and --second-output both: the second layer's norm")
     ap.add_argument("--knn-precision", choices=["float32", "bf16"], default="float32",
                     help="of the kNN's similarity GEMM (bf16: a bf16 screen, the float32 neighbours)")
     ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
@@ -351,10 +376,13 @@ def run(args, load, name, paper):
     extras = [name for name, on in (("gray copies", args.grayscale_aug == "copies"), ("mirrors", args.flips)) if on]
     fitted_on = f"train {len(x_train)}" + (f" (with {' and '.join(extras)})" if extras else "")
     members = _members(model)
-    n_features = sum(int(m.n_features_out_) for m in members)
+    n_features = int(model.n_features_out_) if isinstance(model, HierarchicalSMT) else \
+        sum(int(m.n_features_out_) for m in members)
     print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
           f"embedding {n_features}" + (f" (members: patch size, threshold {[(m.patch_size, m.threshold) for m in members]})"
                                        if len(members) > 1 else ""))
+    if isinstance(model, HierarchicalSMT):
+        print(f"second layer on {model.map_shape_} maps: {model.second_.get_params()}")
     for m in members:
         print(json.dumps({k: round(v, 3) for k, v in m.fit_stats_.items()}))
     print(meter.table())

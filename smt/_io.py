@@ -109,13 +109,16 @@ def load_npz(path, what="model"):
 
 
 _LOADERS = {"SMT": "SMT.load", "SMTWordEmbedding": "SMTWordEmbedding.load",
+            "HierarchicalSMT": "HierarchicalSMT.load",
             "SMT checkpoint": "SMT(checkpoint_path=...).fit"}
 _NAMES = {"SMT": "an SMT model", "SMTWordEmbedding": "an SMTWordEmbedding model",
+          "HierarchicalSMT": "a HierarchicalSMT model",
           "SMT checkpoint": "an SMT checkpoint", "unknown": "an unknown"}
 
 
 def check_kind(path, meta, arrays, expected):
-    """Refuse a file of another kind than ``expected`` ("SMT", "SMTWordEmbedding", "SMT checkpoint").
+    """Refuse a file of another kind than ``expected`` ("SMT", "SMTWordEmbedding", "HierarchicalSMT",
+    "SMT checkpoint").
     Files written before the header named their kind are told apart by their contents."""
     kind = meta.get("kind")
     if kind is None:
@@ -127,7 +130,8 @@ def check_kind(path, meta, arrays, expected):
 
 
 def read_model(path, kind, version, param_names):
-    """Header, arrays and parameters of a ``kind`` model file ("SMT", "SMTWordEmbedding").
+    """Header, arrays and parameters of a ``kind`` model file ("SMT", "SMTWordEmbedding",
+    "HierarchicalSMT").
 
     Refuses, naming the file: a file :func:`load_npz` cannot read, another kind of file, another
     format version, parameters the estimator does not have or cannot hold. The parameter values
@@ -145,6 +149,12 @@ def read_model(path, kind, version, param_names):
     if meta.get("format_version") != version:
         raise ModelFileError(f"{path} is not {_NAMES[kind]} file of format version {version} "
                              f"(format_version {meta.get('format_version')!r})")
+    return meta, arrays, saved_params(meta, kind, param_names, path)
+
+
+def saved_params(meta, kind, param_names, path):
+    """The parameters in a ``kind`` header ``meta``, restored by :func:`from_jsonable`; refuses
+    parameters the estimator does not have or a value that cannot be restored, naming the file."""
     saved = meta_field(meta, "params", dict, path)
     unknown = sorted(set(saved) - set(param_names))
     if unknown:
@@ -155,7 +165,7 @@ def read_model(path, kind, version, param_names):
             params[name] = from_jsonable(value)
         except (TypeError, ValueError) as e:
             raise ModelFileError(f"{path}: the saved parameter {name} is malformed ({e})") from e
-    return meta, arrays, params
+    return params
 
 
 def meta_field(meta, key, kind, path, what="model"):

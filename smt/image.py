@@ -64,6 +64,10 @@ class SMT(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     patch_size : int, default=6
+    center_patches : bool, default=True
+        Subtract each patch's own mean per channel, so a patch codes its structure and not its
+        brightness (the paper's front end). False keeps the level: for inputs whose level is the
+        signal, such as a first layer's embedding maps (:class:`smt.HierarchicalSMT`).
     n_atoms : int, default=8192
         Dictionary size K.
     coding : {"threshold", "top_k", "one_sparse"}, default="threshold"
@@ -196,6 +200,7 @@ class SMT(TransformerMixin, BaseEstimator):
 
     _parameter_constraints = {
         "patch_size": [Interval(Integral, 1, None, closed="left")],
+        "center_patches": ["boolean"],
         "n_atoms": [Interval(Integral, 1, None, closed="left")],
         "coding": [StrOptions(set(CODINGS))],
         # A cosine: outside [-1, 1] every atom or none would pass.
@@ -237,7 +242,7 @@ class SMT(TransformerMixin, BaseEstimator):
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, patch_size=6, *, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
+    def __init__(self, patch_size=6, *, center_patches=True, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
                  max_active=None, empty_code="zero", code_norm=None, code_values="binary", precision="float32", n_components=384,
                  n_skip=1, context="image", order=1, image_context_weight=0.0, whiten_eps=1e-3, dict_epochs=1, dict_batch_size=4096,
                  dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4,
@@ -245,6 +250,7 @@ class SMT(TransformerMixin, BaseEstimator):
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
                  checkpoint_every=50):
         self.patch_size = patch_size
+        self.center_patches = center_patches
         self.n_atoms = n_atoms
         self.coding = coding
         self.threshold = threshold
@@ -442,14 +448,7 @@ class SMT(TransformerMixin, BaseEstimator):
             the process dies. Under torch.distributed each process holds the sums of its own
             shard: give each process its own path.
         """
-        check_is_fitted(self, "components_")
-        self._check_params()
-        self._check_shape_params()
-        arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays()}
-        # Where to write and what to run on are the loading caller's to say, not the file's.
-        params = {k: v for k, v in self.get_params().items() if k not in _CALLER_PARAMS}
-        meta = {"kind": "SMT", "format_version": _FORMAT_VERSION, "params": params,
-                "image_shape": list(self.image_shape_)}
+        meta, arrays = self._model_file()
         if stream:
             state = self.__dict__.get("_stream")
             if state is None:
@@ -478,25 +477,8 @@ class SMT(TransformerMixin, BaseEstimator):
             (a ``ValueError``) naming the file and the problem: not an SMT model file (another
             kind, damaged, truncated, empty), invalid parameters, arrays of the wrong shape.
         """
-        model = cls()
-        meta, arrays, params = read_model(path, "SMT", _FORMAT_VERSION, model.get_params())
-        try:
-            params = {k: v for k, v in params.items() if k not in _CALLER_PARAMS}
-            model.set_params(**params, device="auto" if device is None else device)
-            model._check_params()
-            shape = meta_field(meta, "image_shape", list, path)
-            if len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
-                raise ValueError(f"image_shape must be 3 positive ints, got {shape}")
-            model._set_shape(tuple(shape))
-            for name in model._fitted_arrays():
-                if name not in arrays:
-                    raise ValueError(f"the array {name} is missing")
-                setattr(model, name, arrays[name])
-            model._check_fitted_arrays()
-        except ModelFileError:
-            raise
-        except (ValueError, TypeError) as e:
-            raise ModelFileError(f"{path}: not a usable SMT model: {e}") from e
+        meta, arrays, params = read_model(path, "SMT", _FORMAT_VERSION, cls().get_params())
+        model = cls._from_model_file(meta, arrays, params, path, device)
         if "stream" in meta:
             try:
                 state = unprefixed("stats", arrays)
@@ -516,6 +498,41 @@ class SMT(TransformerMixin, BaseEstimator):
             except Exception as e:  # noqa: BLE001 - any inconsistency of the saved statistics
                 raise ModelFileError(f"{path}: the stream state (save(stream=True)) is malformed: "
                                      f"{type(e).__name__}: {e}") from e
+        return model
+
+    def _model_file(self):
+        """The header and arrays of this fitted model's file (without the stream state)."""
+        check_is_fitted(self, "components_")
+        self._check_params()
+        self._check_shape_params()
+        arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_arrays()}
+        # Where to write and what to run on are the loading caller's to say, not the file's.
+        params = {k: v for k, v in self.get_params().items() if k not in _CALLER_PARAMS}
+        meta = {"kind": "SMT", "format_version": _FORMAT_VERSION, "params": params,
+                "image_shape": list(self.image_shape_)}
+        return meta, arrays
+
+    @classmethod
+    def _from_model_file(cls, meta, arrays, params, path, device):
+        """The model of a file's header, arrays and parameters (checked; errors name ``path``)."""
+        model = cls()
+        try:
+            params = {k: v for k, v in params.items() if k not in _CALLER_PARAMS}
+            model.set_params(**params, device="auto" if device is None else device)
+            model._check_params()
+            shape = meta_field(meta, "image_shape", list, path)
+            if len(shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
+                raise ValueError(f"image_shape must be 3 positive ints, got {shape}")
+            model._set_shape(tuple(shape))
+            for name in model._fitted_arrays():
+                if name not in arrays:
+                    raise ValueError(f"the array {name} is missing")
+                setattr(model, name, arrays[name])
+            model._check_fitted_arrays()
+        except ModelFileError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise ModelFileError(f"{path}: not a usable SMT model: {e}") from e
         return model
 
     # ------------------------------------------------------------------ fitting
@@ -634,7 +651,7 @@ class SMT(TransformerMixin, BaseEstimator):
             # position) to start the dictionary from.
             for b in self._batches(n, run, "whitening"):
                 batch = front[b:b + self.batch_size]
-                patches, empty = extract_patches(self._views(batch, device, front=True), self.patch_size)
+                patches, empty = self._patches(self._views(batch, device, front=True))
                 white.partial_fit(patches)
                 cand = patches[~empty]
                 sample["n_nonempty"] = sample.get("n_nonempty", 0) + len(cand)
@@ -711,7 +728,7 @@ class SMT(TransformerMixin, BaseEstimator):
 
     def _group_patches(self, front, idx, white, shuffle_seed, device):
         """The whitened non-empty patches of the front-end images ``idx``, in a seeded shuffle."""
-        patches, empty = extract_patches(self._views(front[np.sort(idx)], device, front=True), self.patch_size)
+        patches, empty = self._patches(self._views(front[np.sort(idx)], device, front=True))
         x = white.transform(patches[~empty])
         shuffle = np.random.default_rng(shuffle_seed).permutation(len(x))
         return x[torch.as_tensor(shuffle, device=device)]
@@ -727,7 +744,7 @@ class SMT(TransformerMixin, BaseEstimator):
         for b in self._batches(len(images), run, "statistics"):
             batch = images[b:b + self.batch_size]
             for part in self._code_steps(len(batch), views, bytes_per_entry=24):
-                patches, empty = extract_patches(self._views(batch[part], device), self.patch_size)
+                patches, empty = self._patches(self._views(batch[part], device))
                 lists = self._code_lists(patches, empty, phi, device)
                 if lists is not None:
                     atoms, counts = lists
@@ -797,7 +814,7 @@ class SMT(TransformerMixin, BaseEstimator):
         """Embeddings of a batch of images, (n, n_features_out_)."""
         out = []
         for part in self._code_steps(len(batch), 1, bytes_per_entry=16):
-            patches, empty = extract_patches(batch[part], self.patch_size)
+            patches, empty = self._patches(batch[part])
             binary = self.code_values == "binary"
             idx, val = self._code(patches, empty, self._embedding_cache(device)["phi"], device, values=not binary)
             valid = idx >= 0
@@ -857,6 +874,9 @@ class SMT(TransformerMixin, BaseEstimator):
                 1, _CODE_BYTES // (views * gh * gw * width * bytes_per_entry))
             yield slice(start, start + step)
             start += step
+
+    def _patches(self, images):
+        return extract_patches(images, self.patch_size, center=self.center_patches)
 
     def _code_lists(self, patches, empty, phi, device):
         """Binary threshold codes of a patch grid as flat lists: (atoms (nnz,) int32 ascending per

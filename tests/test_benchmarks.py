@@ -201,3 +201,30 @@ def test_union_benchmark_runs_end_to_end(tmp_path, capsys):
     # patch grids 10x10 (patch 3) and 9x9 (patch 4), each pooled 3/3 to 3x3, of 4 components
     assert row["n_features_out"] == 2 * 3 * 3 * 4 and len(row["fit_stats"]) == 2
     assert "members: patch size, threshold [(3, 0.3), (4, 0.25)]" in capsys.readouterr().out
+
+
+def test_second_layer_benchmark_runs_end_to_end(tmp_path, capsys):
+    """``--second-layer NAME=VALUE``: a HierarchicalSMT whose first layer is the benchmark's SMT."""
+    import _knn
+
+    from smt import HierarchicalSMT
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 14, 14, 3)) * 255).astype(np.uint8)
+    y = np.arange(60) % 3
+
+    def load(root, split):
+        return (x, y) if split == "train" else (x[:20], y[:20])
+    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=2, pool_stride=1, precision="float32")
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--second-layer", "n_atom=8"])
+    assert "not NAME=VALUE with NAME an SMT parameter: 'n_atom=8'" in capsys.readouterr().err
+    args = ap.parse_args(["--second-layer", "n_atoms=8", "n_components=2", "pool_size=2", "pool_stride=1",
+                          "coding=top_k", "n_nonzero=2", "--second-weight", "0.5", "--json", str(tmp_path / "r.jsonl")])
+    model = _knn.build_model(args)
+    assert isinstance(model, HierarchicalSMT) and model.second.center_patches is False
+    assert (model.second.n_atoms, model.second.coding, model.second_weight) == (8, "top_k", 0.5)
+    acc = _knn.run(args, load, "made-up", "-")
+    assert 0 <= acc["top1"] <= 100
+    row = json.loads((tmp_path / "r.jsonl").read_text())
+    # first: 9x9 grid (patch 6 on 14x14) pooled 2/1 to 8x8 of 4; second: 6x6 grid (patch 3) pooled 2/1 to 5x5 of 2
+    assert row["n_features_out"] == 8 * 8 * 4 + 5 * 5 * 2 and len(row["fit_stats"]) == 2

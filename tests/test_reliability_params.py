@@ -17,7 +17,7 @@ from conftest import small_smt
 
 # parameter: (a value of a wrong type, a value of the right type out of range); None: no such value
 SMT_BAD = {
-    "patch_size": ("6", 0), "n_atoms": (32.0, 0), "coding": (1, "sparse"), "threshold": ("0.3", 1.5),
+    "patch_size": ("6", 0), "center_patches": ("no", None), "n_atoms": (32.0, 0), "coding": (1, "sparse"), "threshold": ("0.3", 1.5),
     "n_nonzero": (1.5, 0), "max_active": ("3", 0), "empty_code": (0, "none"), "code_norm": (2, "l3"),
     "code_values": (1, "weights"), "image_context_weight": ("0.1", -0.5), "precision": (32, "float16"), "n_components": (6.0, 0), "n_skip": (None, -1), "context": (1.5, 0),
     "order": ("1", 3), "whiten_eps": (None, 0.0), "dict_epochs": (1.0, -1), "dict_batch_size": ("512", 0),
