@@ -99,5 +99,5 @@ def test_uncentred_patches_keep_their_level():
 @pytest.mark.parametrize("param, value", [("first", "SMT"), ("second", 3), ("second_weight", -1.0),
                                           ("chunk_size", 0), ("chunk_size", 2.5), ("random_state", -1)])
 def test_bad_parameters_are_named(digits, param, value):
-    with pytest.raises(ValueError, match=f"'{param}' parameter of HierarchicalSMT"):
+    with pytest.raises(ValueError, match=f"HierarchicalSMT: {param} must be"):
         HierarchicalSMT(**{param: value}).fit(digits[:10])
