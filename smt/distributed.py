@@ -189,9 +189,7 @@ def reduced_statistics(stats):
     state = stats.get_state() if stats.has_state else {
         "gram": np.zeros((k, k)), "context": np.zeros((k, k)), "usage": np.zeros(k),
         "n_patches": np.int64(0), "n_images": np.int64(0)}
-    reduced = type(stats)(stats.n_atoms, stats.context, stats.order, stats.device, stats.image_weight,
-                          stats.view_weight)
-    return reduced.set_state(all_reduce_state(state))
+    return stats.empty_like().set_state(all_reduce_state(state))
 
 
 @dataclass(frozen=True)

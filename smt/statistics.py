@@ -296,6 +296,10 @@ class ContextStatistics:
         self.image_weight = image_weight
         self.view_weight = view_weight
 
+    def empty_like(self):
+        """A ``ContextStatistics`` of the same parameters, with no sums."""
+        return type(self)(self.n_atoms, self.context, self.order, self.device, self.image_weight, self.view_weight)
+
     def _init(self):
         k = self.n_atoms
         self._gram = torch.zeros(k * k, dtype=torch.float64, device=self.device)

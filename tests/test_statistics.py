@@ -244,3 +244,13 @@ def test_weighted_gray_view_equals_the_weighted_graph_by_brute_force(u, kernel_a
         torch.testing.assert_close(stats.context_, mm, rtol=1e-12, atol=1e-9)
     with pytest.raises(ValueError, match="view_weight=0.3 needs binary codes"):
         ContextStatistics(k, 1, 1, view_weight=0.3).partial_fit(idx, val, nonempty, n_views=2)
+
+
+def test_empty_like_keeps_the_parameters_and_no_sums():
+    stats = ContextStatistics(7, 2, 2, image_weight=0.5, view_weight=0.25)
+    idx = torch.tensor([[[[0, 3], [1, -1]], [[2, -1], [4, 5]]]])  # (1, 2, 2, 2)
+    stats.partial_fit(idx, (idx >= 0).float(), torch.ones(1, 2, 2, dtype=torch.bool))
+    empty = stats.empty_like()
+    assert not empty.has_state and stats.has_state
+    assert [getattr(empty, a) for a in ("n_atoms", "context", "order", "device", "image_weight", "view_weight")] == \
+        [7, 2, 2, "cpu", 0.5, 0.25]
