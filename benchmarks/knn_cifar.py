@@ -13,8 +13,8 @@ Algorithm 1 at 10k), ``--n-skip 8``, and mirrors in the fit and the kNN referenc
 patch-atom similarities and the kNN's screen run in bfloat16 (``--precision bf16 --knn-precision
 bf16``: the kNN's neighbours are the float32 ones, 0.4 % of the (patch, atom) codes differ, top-1
 78.93 against 78.92 in float32); pass ``--precision float32 --knn-precision float32`` on a CPU
-without bf16 units. About 58 min on 2 CPU cores with bf16 units; peak 8.6 GiB in the kNN stage, which
-has since stopped copying the test embeddings (6.7 GiB at its shapes, benchmarks/RESULTS.md).
+without bf16 units. About 47 min on 2 CPU cores with bf16 units; peak 7.1 GiB, in the kNN stage
+(benchmarks/RESULTS.md, "Stop 18").
 
 Several ``--patch-size`` values (with one ``--threshold`` each) fit one SMT per value and concatenate
 their unit-norm embeddings. A single 4x4 patch (``--patch-size 4 --threshold 0.4``) beat 6x6 by
