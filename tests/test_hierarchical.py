@@ -41,12 +41,18 @@ def test_shapes_and_both_parts_at_unit_norm_times_the_weight(digits, fitted):
     fitted.set_params(output="both", second_weight=1.0)
 
 
-def test_second_layer_is_an_smt_fitted_on_the_maps_by_hand(digits, fitted):
-    """The chunked fit (250 images at a time through partial_fit) gives the model of one SMT fit
-    on the first layer's maps, rescaled to [0, 1] and laid out (n, H_p, W_p, d) by hand."""
+@pytest.mark.parametrize("front", [None, 200])
+def test_second_layer_is_an_smt_fitted_on_the_maps_by_hand(digits, fitted, front):
+    """The chunked fit gives the model of one SMT fit on the first layer's maps, rescaled to
+    [0, 1] and laid out (n, H_p, W_p, d) by hand: with 250-image chunks and the second layer's
+    front end on all 600 maps (one partial_fit call), and with a front end of 200 maps (chunks of
+    150: one call of 300 maps, then two of 150)."""
+    if front is not None:
+        fitted = HierarchicalSMT(_first(), _second().set_params(front_end_images=front), chunk_size=150,
+                                 random_state=0).fit(digits)
     z1 = fitted.first_.transform(digits)
     maps = (z1.reshape(len(z1), 8, 5, 5).transpose(0, 2, 3, 1) + 1) / 2
-    by_hand = _second().set_params(random_state=0).fit(maps)
+    by_hand = _second().set_params(random_state=0, front_end_images=front or 10000).fit(maps)
     np.testing.assert_array_equal(fitted.second_.components_, by_hand.components_)
     np.testing.assert_array_equal(fitted.second_.dictionary_, by_hand.dictionary_)
     z = fitted.set_params(output="second").transform(digits[:40])
