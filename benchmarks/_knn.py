@@ -165,9 +165,12 @@ def _at_least(kind, low, strict=False):
 
 
 def _value(text):
-    """A command-line value for a parameter whose default gives no type (None, or int | str)."""
+    """A command-line value for a parameter whose default gives no type (None, or int | str), or
+    for ``--second-layer NAME=VALUE`` (also true / false)."""
     if text.lower() == "none":
         return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)

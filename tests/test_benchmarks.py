@@ -218,6 +218,8 @@ def test_second_layer_benchmark_runs_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ap.parse_args(["--second-layer", "n_atom=8"])
     assert "not NAME=VALUE with NAME an SMT parameter: 'n_atom=8'" in capsys.readouterr().err
+    assert _knn.build_model(ap.parse_args(["--second-layer", "center_patches=True"])).second.center_patches is True
+    assert _knn._key_value("max_active=none") == ("max_active", None)
     args = ap.parse_args(["--second-layer", "n_atoms=8", "n_components=2", "pool_size=2", "pool_stride=1",
                           "coding=top_k", "n_nonzero=2", "--second-weight", "0.5", "--json", str(tmp_path / "r.jsonl")])
     model = _knn.build_model(args)
