@@ -16,6 +16,7 @@ from smt._io import ModelFileError, meta_field, read_model, save_npz, saved_para
 from smt._validation import Integral, Interval, Real, StrOptions, as_images, check_params
 from smt.checkpoint import prefixed, unprefixed
 from smt.image import SMT
+from smt.patches import patch_grid_shape
 from smt.pooling import pooled_grid_shape
 
 _FORMAT_VERSION = 1
@@ -235,7 +236,7 @@ class HierarchicalSMT(TransformerMixin, BaseEstimator):
     def _check_layers(self, first, second, image_hw):
         """The second layer's patch and pooling fit the first layer's pooled grid of these images."""
         h, w = image_hw
-        grid = (h - first.patch_size + 1, w - first.patch_size + 1)
+        grid = patch_grid_shape(h, w, first.patch_size)
         hp, wp = (pooled_grid_shape(*grid, first.pool_size, first.pool_stride) if min(grid) >= first.pool_size
                   else (0, 0))
         need = second.patch_size + second.pool_size - 1
