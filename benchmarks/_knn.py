@@ -209,7 +209,9 @@ def build_model(args):
     embeddings concatenated.
 
     Member ``i`` takes the ``i``-th patch size and threshold (a single value is shared), is seeded
-    ``seed + i`` (so ``--patch-size 6 6`` is two dictionaries of one size, the control for two
+    ``seed`` plus the number of members before it with the same size and threshold (so each member
+    is the model its size alone fits, and ``--patch-size 6 6`` is two dictionaries of one size, seeds
+    ``seed`` and ``seed + 1``: the control for two
     sizes) and L2-normalises its output, so that every member weighs the same in the kNN's cosine.
     A member's checkpoint is ``<checkpoint>.<i>``.
     """
@@ -229,10 +231,12 @@ def build_model(args):
     sizes = args.patch_size * (n if len(args.patch_size) == 1 else 1)
     thresholds = args.threshold * (n if len(args.threshold) == 1 else 1)
     ckpt = params.pop("checkpoint_path")
-    members = [(f"smt{i}_p{p}_t{t}", SMT(**{**params, "patch_size": p, "threshold": t, "random_state": args.seed + i,
+    pairs = list(zip(sizes, thresholds))
+    members = [(f"smt{i}_p{p}_t{t}", SMT(**{**params, "patch_size": p, "threshold": t,
+                                             "random_state": args.seed + pairs[:i].count((p, t)),
                                              "normalize_output": True,
                                              "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"}))
-               for i, (p, t) in enumerate(zip(sizes, thresholds))]
+               for i, (p, t) in enumerate(pairs)]
     return FeatureUnion(members)
 
 
@@ -270,7 +274,7 @@ def parser(doc, **defaults):
     _smt_options(ap)
     ap.add_argument("--patch-size", type=_at_least(int, 1), nargs="+", default=[SMT().patch_size],
                     help="patch size; several values fit one SMT per value and concatenate their "
-                         "L2-normalised embeddings (member i seeded seed + i)")
+                         "L2-normalised embeddings (a repeated size and threshold seeded seed + 1, + 2, ...)")
     ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=[SMT().threshold],
                     help="coding threshold (the cosine an atom must reach); several values: one per member, "
                          "as --patch-size")

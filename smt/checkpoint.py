@@ -41,15 +41,21 @@ class Checkpoint:
     every : int
         ``maybe_save`` writes every ``every``-th batch.
     params : dict
-        The parameters that shape the model; a file written with others is not resumed.
+        The parameters that shape what the file holds; a file written with others is not resumed.
+        Only these are compared: a parameter the file names and ``params`` does not (one that only
+        the transform reads) does not stop the resume.
     images : array-like or torch.Tensor, optional
         The fit's images, fingerprinted (hashed) when ``path`` is set.
+    defaults : dict, optional
+        The value a parameter of ``params`` had when the file does not name it: a parameter added
+        since the file was written behaved then as its default does now.
     """
 
-    def __init__(self, path, every=1, params=None, images=None):
+    def __init__(self, path, every=1, params=None, images=None, defaults=None):
         self.path = path
         self.every = every
         self.params = params or {}
+        self.defaults = defaults or {}
         self.fingerprint = fingerprint(images) if path and images is not None else None
 
     def save(self, position, stages):
@@ -132,8 +138,10 @@ class Checkpoint:
 
     def _mismatch(self, saved, saved_fingerprint):
         params = jsonable(self.params)
-        changed = [f"{k}={params.get(k)!r} (the checkpoint's fit had {saved.get(k)!r})"
-                   for k in sorted(set(params) | set(saved)) if params.get(k) != saved.get(k)]
+        defaults = jsonable(self.defaults)
+        was = {k: saved[k] if k in saved else defaults.get(k) for k in params}
+        changed = [f"{k}={params[k]!r} (the checkpoint's fit had {was[k]!r})"
+                   for k in sorted(params) if params[k] != was[k]]
         if changed:
             return "parameters " + ", ".join(changed)
         if saved_fingerprint != self.fingerprint:

@@ -37,6 +37,9 @@ _CALLER_PARAMS = ("device", "checkpoint_path")
 _SHAPE_PARAMS = ("patch_size", "n_atoms", "n_components", "n_skip", "pool_size", "pool_stride")
 # Parameters that change neither the fitted model nor the order the data is walked in.
 _RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every")
+# Read after the statistics pass (the solve, the transform): a checkpoint does not depend on them,
+# so one statistics pass serves every d, n_skip and pooling.
+_TRANSFORM_PARAMS = ("n_components", "n_skip", "pool_size", "pool_stride", "normalize_output")
 # Threshold codes this dense (mean active atoms per patch over K, and at least this many atoms) make
 # the statistics cost grow with the square of the density: the fit warns. CIFAR-10 at K 8192, t 0.3:
 # 115 atoms, 0.014; MNIST at the same defaults: 417 atoms, 0.051.
@@ -155,8 +158,10 @@ class SMT(TransformerMixin, BaseEstimator):
         Progress bars.
     checkpoint_path : str or None, default=None
         ``fit`` saves its state here every ``checkpoint_every`` batches and at the end of every
-        stage, and resumes from it when it exists. A checkpoint of other images (a hash of every
-        pixel) or other parameters is refused, saying which; delete it to start over. Under
+        stage, and resumes from it when it exists; a finished fit's checkpoint goes straight to the
+        solve, so one statistics pass serves every ``n_components``, ``n_skip``, pooling and
+        ``normalize_output`` (the parameters read after it). A checkpoint of other images (a hash of
+        every pixel) or other parameters is refused, saying which; delete it to start over. Under
         torch.distributed every process writes its own file, ``<checkpoint_path>.rank<r>-of-<world size>``.
         Not saved with the model: a loaded model writes no checkpoint until given one.
     checkpoint_every : int, default=50
@@ -563,7 +568,8 @@ class SMT(TransformerMixin, BaseEstimator):
             stream = {"seed": shard.seed(seed), "n_seen": 0, "front": None, "frozen": False}
         stream = dict(stream)  # stored when the call succeeds
         self._ckpt = Checkpoint(shard.checkpoint_path(self.checkpoint_path) if resumable else None,
-                                self.checkpoint_every, self._model_params(), images)
+                                self.checkpoint_every, self._model_params(), images,
+                                defaults=type(self)()._model_params())
         n_seen, total = stream["n_seen"], shard.total
         n_new = 0 if stream["frozen"] else min(self.front_end_images, n_seen + total) - n_seen
         run = FitPosition(seed=stream["seed"])
@@ -590,16 +596,18 @@ class SMT(TransformerMixin, BaseEstimator):
             self.fit_stats_.update(whitening_seconds=0.0, dictionary_seconds=0.0)
         tic = time.perf_counter()
         tally = np.zeros(3, dtype=np.int64)
-        # A resumed pass computes only the codes after the checkpoint: keep none.
-        keep = store if len(sources) == 1 and run.batch == 0 else None
-        for i, source in enumerate(sources):
+        # A finished checkpoint holds the whole statistics: straight to the solve. A resumed pass
+        # computes only the codes after the checkpoint: keep none.
+        finished = run.phase == "done"
+        keep = store if len(sources) == 1 and run.batch == 0 and not finished else None
+        for i, source in enumerate(sources if not finished else []):
             if i:
                 run.batch = 0
             tally += self._accumulate(source, run, stages, device, keep if source is images else None)
         n_active, n_coded, n_nodes = (int(v) for v in tally)
-        # Diagnostics of this process's images of this call (docs/algorithm.md §4).
-        self.fit_stats_["mean_active_atoms"] = n_active / max(n_nodes, 1)
-        self.fit_stats_["uncoded_fraction"] = 1 - n_coded / max(n_nodes, 1)
+        if n_nodes:  # diagnostics of this process's images of this call (docs/algorithm.md §4)
+            self.fit_stats_["mean_active_atoms"] = n_active / n_nodes
+            self.fit_stats_["uncoded_fraction"] = 1 - n_coded / n_nodes
         self.fit_stats_["statistics_seconds"] = time.perf_counter() - tic
         self._stats = stages["stats"]
         tic = time.perf_counter()
@@ -607,8 +615,9 @@ class SMT(TransformerMixin, BaseEstimator):
         self.fit_stats_["solve_seconds"] = time.perf_counter() - tic
         stream["n_seen"] = n_seen + total
         self._stream = stream
-        run.phase = "done"
-        self._ckpt.save(run, stages)
+        if not finished:
+            run.phase = "done"
+            self._ckpt.save(run, stages)
         return self
 
     def _new_stages(self, device):
@@ -631,9 +640,6 @@ class SMT(TransformerMixin, BaseEstimator):
         if "sample.keys" in arrays:
             stages["sample"]["keys"] = torch.as_tensor(arrays["sample.keys"], device=device)
             stages["sample"]["patches"] = torch.as_tensor(arrays["sample.patches"], device=device)
-        if position.phase == "done":  # the statistics are summed again from the start
-            position.phase, position.batch = "statistics", 0
-            stages["stats"] = self._new_statistics(device)
         return position
 
     def _fit_front_end(self, front, run, stages, device):
@@ -1018,7 +1024,8 @@ class SMT(TransformerMixin, BaseEstimator):
                     postfix={"images": n_images}, leave=False)
 
     def _model_params(self):
-        return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS}
+        """The parameters that shape what a checkpoint holds (whitening, dictionary, statistics)."""
+        return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS + _TRANSFORM_PARAMS}
 
 
 def _check_statistics_fit_in_memory(n_atoms):

@@ -176,9 +176,11 @@ def test_several_patch_sizes_build_a_union_of_unit_norm_members():
     assert isinstance(union, FeatureUnion)
     got = [(m.patch_size, m.threshold, m.random_state, m.normalize_output, m.checkpoint_path, m.n_atoms)
            for _, m in union.transformer_list]
-    assert got == [(6, 0.3, 4, True, "c.npz.0", 64), (10, 0.18, 5, True, "c.npz.1", 64)]
-    shared = _knn.build_model(ap.parse_args(["--patch-size", "6", "6"]))
-    assert [(m.patch_size, m.threshold, m.random_state) for _, m in shared.transformer_list] == [(6, 0.3, 0), (6, 0.3, 1)]
+    # each member is the model its size alone fits (same seed), so its own checkpoint serves
+    assert got == [(6, 0.3, 4, True, "c.npz.0", 64), (10, 0.18, 4, True, "c.npz.1", 64)]
+    shared = _knn.build_model(ap.parse_args(["--patch-size", "6", "6", "4", "6", "--threshold", "0.3"]))
+    assert [(m.patch_size, m.threshold, m.random_state) for _, m in shared.transformer_list] == \
+        [(6, 0.3, 0), (6, 0.3, 1), (4, 0.3, 0), (6, 0.3, 2)]
     with pytest.raises(SystemExit, match="must have one value or the same number"):
         _knn.build_model(ap.parse_args(["--patch-size", "6", "8", "10", "--threshold", "0.3", "0.2"]))
 

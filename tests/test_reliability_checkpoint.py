@@ -80,6 +80,37 @@ def test_runtime_parameters_do_not_matter(X, done):
     small_smt(checkpoint_path=str(done), checkpoint_every=7, verbose=False, device="cpu").fit(X)
 
 
+@pytest.mark.parametrize("param", [dict(n_components=4), dict(n_skip=3), dict(pool_size=2, pool_stride=2),
+                                   dict(normalize_output=True)])
+def test_transform_parameters_reuse_the_statistics(X, done, param, monkeypatch):
+    # One statistics pass serves every d, n_skip and pooling: the finished checkpoint is resumed,
+    # no image is coded again, and the model is the one a fresh fit with these settings makes.
+    fresh = small_smt(**param).fit(X)
+    from smt.statistics import ContextStatistics
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("the resumed fit ran the statistics pass again")
+    monkeypatch.setattr(ContextStatistics, "partial_fit", no_statistics)
+    monkeypatch.setattr(ContextStatistics, "partial_fit_lists", no_statistics)
+    resumed = small_smt(checkpoint_path=str(done), **param).fit(X)
+    np.testing.assert_array_equal(resumed.components_, fresh.components_)
+    np.testing.assert_array_equal(resumed.transform(X[:20]), fresh.transform(X[:20]))
+
+
+def _drop_param(path, name):
+    def change(header):
+        del header["params"][name]
+        return header
+    _rewrite_header(path, change)
+
+
+def test_a_parameter_added_since_the_file_counts_as_its_default(X, done):
+    # A checkpoint written before center_patches existed was centred, as the default is now.
+    _drop_param(done, "center_patches")
+    small_smt(checkpoint_path=str(done)).fit(X)
+    _refused(X, done, "center_patches=False", "the checkpoint's fit had True", center_patches=False)
+
+
 def test_tensor_input_resumes_and_is_fingerprinted(X, tmp_path):
     path = tmp_path / "t.npz"
     t = torch.as_tensor(X, dtype=torch.float32)
