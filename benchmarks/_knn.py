@@ -194,10 +194,29 @@ def _smt_options(ap):
             ap.add_argument(flag, type=_value, default=default, help=_HELP.get(name))
 
 
+def member_settings(args):
+    """The (patch size, threshold) of each member the options ask for.
+
+    Neither ``--patch-size`` nor ``--threshold`` given: the data set's default members. Either
+    given: they replace the defaults, the other option taking the first default member's value;
+    one value of an option is shared by every member.
+    """
+    if args.patch_size is None and args.threshold is None:
+        return [tuple(m) for m in args.default_members]
+    sizes = args.patch_size or [args.default_members[0][0]]
+    thresholds = args.threshold or [args.default_members[0][1]]
+    n = max(len(sizes), len(thresholds))
+    if {len(sizes), len(thresholds)} - {1, n}:
+        raise SystemExit(f"--patch-size ({len(sizes)} values) and --threshold ({len(thresholds)}) "
+                         "must have one value or the same number of values")
+    return list(zip(sizes * (n if len(sizes) == 1 else 1), thresholds * (n if len(thresholds) == 1 else 1)))
+
+
 def smt_params(args):
-    """``SMT`` keyword arguments from parsed options (the first ``--patch-size`` and ``--threshold``)."""
+    """``SMT`` keyword arguments from parsed options (the first member's patch size and threshold)."""
     params = {name: getattr(args, name) for name in SMT().get_params() if name not in _OWN}
-    return {**params, "patch_size": args.patch_size[0], "threshold": args.threshold[0], "random_state": args.seed,
+    patch_size, threshold = member_settings(args)[0]
+    return {**params, "patch_size": patch_size, "threshold": threshold, "random_state": args.seed,
             "checkpoint_path": args.checkpoint, "verbose": True,
             "grayscale_augmentation": None if args.grayscale_aug == "copies" else args.grayscale_aug}
 
@@ -216,22 +235,16 @@ def build_model(args):
     A member's checkpoint is ``<checkpoint>.<i>``.
     """
     params = smt_params(args)
-    n = max(len(args.patch_size), len(args.threshold))
+    pairs = member_settings(args)
     if args.second_layer is not None:
-        if n > 1:
-            raise SystemExit("--second-layer takes one --patch-size and one --threshold")
+        if len(pairs) > 1:
+            raise SystemExit("--second-layer takes one first layer: give one --patch-size and one --threshold")
         second = default_second_layer().set_params(**dict(args.second_layer), verbose=True)
         return HierarchicalSMT(SMT(**params), second, output=args.second_output, second_weight=args.second_weight,
                                chunk_size=args.chunk_size, random_state=args.seed)
-    if n == 1:
+    if len(pairs) == 1:
         return SMT(**params)
-    if {len(args.patch_size), len(args.threshold)} - {1, n}:
-        raise SystemExit(f"--patch-size ({len(args.patch_size)} values) and --threshold ({len(args.threshold)}) "
-                         "must have one value or the same number of values")
-    sizes = args.patch_size * (n if len(args.patch_size) == 1 else 1)
-    thresholds = args.threshold * (n if len(args.threshold) == 1 else 1)
     ckpt = params.pop("checkpoint_path")
-    pairs = list(zip(sizes, thresholds))
     members = [(f"smt{i}_p{p}_t{t}", SMT(**{**params, "patch_size": p, "threshold": t,
                                              "random_state": args.seed + pairs[:i].count((p, t)),
                                              "normalize_output": True,
@@ -265,17 +278,23 @@ def _key_value(text):
     return name, _value(value)
 
 
-def parser(doc, **defaults):
-    """Command-line options of a kNN benchmark; ``defaults`` are the data set's settings."""
+def parser(doc, members=None, **defaults):
+    """Command-line options of a kNN benchmark; ``defaults`` are the data set's settings and
+    ``members`` its default (patch size, threshold) pairs (default: ``SMT``'s one)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data root holding the data set folder (default: $SMT_DATA)")
     ap.add_argument("--n-train", type=int, default=None, help="first N training images (default: all)")
     ap.add_argument("--n-test", type=int, default=None, help="first N test images (default: all)")
     _smt_options(ap)
-    ap.add_argument("--patch-size", type=_at_least(int, 1), nargs="+", default=[SMT().patch_size],
+    members = [tuple(m) for m in (members or [(SMT().patch_size, SMT().threshold)])]
+    ap.set_defaults(default_members=members)
+    shown = " + ".join(f"{p}x{p} at t {t}" for p, t in members)
+    ap.add_argument("--patch-size", type=_at_least(int, 1), nargs="+", default=None,
                     help="patch size; several values fit one SMT per value and concatenate their "
-                         "L2-normalised embeddings (a repeated size and threshold seeded seed + 1, + 2, ...)")
-    ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=[SMT().threshold],
+                         "L2-normalised embeddings (a repeated size and threshold seeded seed + 1, + 2, ...). "
+                         f"Default: {shown}; giving this or --threshold replaces that, the other option "
+                         f"taking {members[0][0]} or {members[0][1]}")
+    ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=None,
                     help="coding threshold (the cosine an atom must reach); several values: one per member, "
                          "as --patch-size")
     ap.add_argument("--second-layer", type=_key_value, nargs="*", default=None, metavar="NAME=VALUE",

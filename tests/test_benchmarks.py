@@ -104,14 +104,23 @@ def test_gap_ledger_is_complete_and_matches_the_readme():
             assert 0 < float(r["best"]) <= 100 and r["best"] in line
 
 
-def test_knn_cifar_defaults_are_the_best_measured_settings():
-    import knn_cifar  # noqa: F401  (puts _knn on the path)
+def test_knn_benchmark_defaults_are_the_best_measured_settings(monkeypatch):
+    """knn_cifar: K 8192, d 384, mirrors, bf16, and 6x6 at t 0.3 beside 4x4 at t 0.45 (79.49);
+    knn_mnist: 7x7 patches (99.11)."""
     import _knn
-    ap = _knn.parser("", n_atoms=8192, flips=True)
-    assert ap.parse_args([]).flips and not ap.parse_args(["--no-flips"]).flips
-    src = (Path(__file__).resolve().parents[1] / "benchmarks" / "knn_cifar.py").read_text()
-    assert "n_atoms=8192" in src and "n_components=384" in src and "flips=True" in src
-    assert 'precision="bf16", knn_precision="bf16"' in src
+    import knn_cifar
+    import knn_mnist
+    seen = []
+    monkeypatch.setattr(_knn, "run", lambda args, *rest: seen.append(args))
+    knn_cifar.main([])
+    knn_cifar.main(["--no-flips"])
+    knn_mnist.main([])
+    cifar, strict, mnist = seen
+    assert _knn.member_settings(cifar) == [(6, 0.3), (4, 0.45)]
+    assert (cifar.n_atoms, cifar.n_components, cifar.flips, cifar.precision, cifar.knn_precision) == \
+        (8192, 384, True, "bf16", "bf16")
+    assert not strict.flips
+    assert _knn.member_settings(mnist)[0][0] == 7 and mnist.whiten_eps == 0.1
 
 
 def test_knn_benchmark_offers_every_smt_parameter():
@@ -183,6 +192,28 @@ def test_several_patch_sizes_build_a_union_of_unit_norm_members():
         [(6, 0.3, 0), (6, 0.3, 1), (4, 0.3, 0), (6, 0.3, 2)]
     with pytest.raises(SystemExit, match="must have one value or the same number"):
         _knn.build_model(ap.parse_args(["--patch-size", "6", "8", "10", "--threshold", "0.3", "0.2"]))
+
+
+def test_default_members_and_what_replaces_them():
+    import _knn
+    from sklearn.pipeline import FeatureUnion
+
+    from smt import SMT, HierarchicalSMT
+    ap = _knn.parser("", members=[(6, 0.3), (4, 0.45)], n_atoms=64)
+
+    def settings(*argv):
+        model = _knn.build_model(ap.parse_args(list(argv)))
+        ms = [model] if isinstance(model, SMT) else [m for _, m in model.transformer_list]
+        return [(m.patch_size, m.threshold, m.random_state) for m in ms], isinstance(model, FeatureUnion)
+    assert settings() == ([(6, 0.3, 0), (4, 0.45, 0)], True)
+    # either option replaces the default pair; the other takes the first default member's value
+    assert settings("--patch-size", "6") == ([(6, 0.3, 0)], False)
+    assert settings("--threshold", "0.35") == ([(6, 0.35, 0)], False)
+    assert settings("--patch-size", "4", "8") == ([(4, 0.3, 0), (8, 0.3, 0)], True)
+    with pytest.raises(SystemExit, match="one first layer"):
+        _knn.build_model(ap.parse_args(["--second-layer", "patch_size=1"]))
+    assert isinstance(_knn.build_model(ap.parse_args(["--patch-size", "6", "--second-layer", "patch_size=1"])),
+                      HierarchicalSMT)
 
 
 def test_union_benchmark_runs_end_to_end(tmp_path, capsys):
