@@ -16,8 +16,8 @@ the kNN's screen run in bfloat16 (``--precision bf16 --knn-precision bf16``: the
 are the float32 ones, 0.4 % of the (patch, atom) codes differ, top-1 78.93 against 78.92 in
 float32); pass ``--precision float32 --knn-precision float32`` on a CPU without bf16 units.
 
-Cost on 2 CPU cores with bf16 units: the two fits take about 47 min each (their statistics
-passes), the embeddings and kNN about 80 min, peak 13.3 GiB. ``--patch-size 6`` (threshold 0.3)
+Cost on 2 CPU cores with bf16 units: the two fits take about 31 min (6x6) and 36 min (4x4),
+mostly their statistics passes, the embeddings and kNN about 90 min, peak 13.3 GiB. ``--patch-size 6`` (threshold 0.3)
 is the paper's single model: 47 min in all, peak 7.1 GiB, 78.93 ("Stop 18"). With ``--checkpoint
 PATH`` member i keeps its fit in ``PATH.i``; a finished single-size run's checkpoint serves as a
 member's (a member is seeded as it would be alone).
