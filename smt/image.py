@@ -599,11 +599,12 @@ class SMT(TransformerMixin, BaseEstimator):
         # A finished checkpoint holds the whole statistics: straight to the solve. A resumed pass
         # computes only the codes after the checkpoint: keep none.
         finished = run.phase == "done"
-        keep = store if len(sources) == 1 and run.batch == 0 and not finished else None
-        for i, source in enumerate(sources if not finished else []):
-            if i:
-                run.batch = 0
-            tally += self._accumulate(source, run, stages, device, keep if source is images else None)
+        if not finished:
+            keep = store if len(sources) == 1 and run.batch == 0 else None
+            for i, source in enumerate(sources):
+                if i:
+                    run.batch = 0
+                tally += self._accumulate(source, run, stages, device, keep if source is images else None)
         n_active, n_coded, n_nodes = (int(v) for v in tally)
         if n_nodes:  # diagnostics of this process's images of this call (docs/algorithm.md §4)
             self.fit_stats_["mean_active_atoms"] = n_active / n_nodes
