@@ -254,14 +254,31 @@ def build_model(args):
 
 
 def fit_transform_chunks(model, x, chunk):
-    """Fit ``model`` on ``x`` and yield its embeddings ``chunk`` images at a time: an ``SMT`` from
-    the codes its fit computed, a union by transforming again."""
+    """Fit ``model`` on ``x`` and yield its embeddings ``chunk`` images at a time, from the codes its
+    fit computed: a union's members fit one after another, each keeping its codes, and their chunks
+    are put side by side (a union that fitted and then transformed would encode every patch twice)."""
+    if isinstance(model, FeatureUnion):
+        streams = [member.fit_transform_chunks(x, chunk_size=chunk) for _, member in model.transformer_list]
+        for parts in zip(*streams):
+            yield np.hstack(parts)
+        return
     if isinstance(model, SMT):
         yield from model.fit_transform_chunks(x, chunk_size=chunk)
         return
     model.fit(x)
     for start in range(0, len(x), chunk):
         yield model.transform(x[start:start + chunk]).astype(np.float32, copy=False)
+
+
+def transform_chunks(model, x, chunk):
+    """``model.transform(x)`` as float32, filled ``chunk`` images at a time into one array: a union's
+    ``transform`` would hold every member's whole output and their concatenation at once."""
+    first = model.transform(x[:chunk]).astype(np.float32, copy=False)
+    out = np.empty((len(x), first.shape[1]), np.float32)
+    out[:len(first)] = first
+    for start in range(chunk, len(x), chunk):
+        out[start:start + chunk] = model.transform(x[start:start + chunk])
+    return out
 
 
 def _members(model):
@@ -374,7 +391,7 @@ def run(args, load, name, paper):
     with meter.stage("fit (+ embed the first train chunk)"):
         first = next(train_chunks)
     with meter.stage("embed test"):
-        z_test = model.transform(x_test)
+        z_test = transform_chunks(model, x_test, chunk)
     post = _WhitenedStream(args.whiten_pca, min(args.pca_images, len(x_train))) if args.whiten_pca else None
     with meter.stage("embed train + kNN"):
         # Without the PCA stage nothing reads the embeddings after the kNN: it normalises them in

@@ -236,6 +236,31 @@ def test_union_benchmark_runs_end_to_end(tmp_path, capsys):
     assert "members: patch size, threshold [(3, 0.3), (4, 0.25)]" in capsys.readouterr().out
 
 
+def test_union_embeds_its_training_images_from_the_codes_of_its_fit(monkeypatch):
+    """Each member of a union encodes the training patches once (in its fit), and the chunks equal
+    the members' ``transform`` side by side, as the test images' chunked embedding does."""
+    import _knn
+
+    from smt import SMT
+    rng = np.random.default_rng(1)
+    x = (rng.random((50, 12, 12, 3)) * 255).astype(np.uint8)
+    args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3,
+                       precision="float32").parse_args(["--patch-size", "3", "4", "--threshold", "0.3", "0.25"])
+    union = _knn.build_model(args)
+
+    def encode_again(self, *a, **k):
+        raise AssertionError("the training images were encoded a second time")
+    with monkeypatch.context() as m:
+        m.setattr(SMT, "_embed_images", encode_again)
+        chunks = list(_knn.fit_transform_chunks(union, x, 16))
+    assert [len(c) for c in chunks] == [16, 16, 16, 2]
+    members = [member.transform(x) for _, member in union.transformer_list]
+    np.testing.assert_allclose(np.vstack(chunks), np.hstack(members), rtol=1e-5, atol=1e-6)
+    z = _knn.transform_chunks(union, x, 16)
+    assert z.dtype == np.float32 and z.shape == (50, 2 * 3 * 3 * 4)
+    np.testing.assert_allclose(z, np.hstack(members), rtol=1e-5, atol=1e-6)
+
+
 def test_second_layer_benchmark_runs_end_to_end(tmp_path, capsys):
     """``--second-layer NAME=VALUE``: a HierarchicalSMT whose first layer is the benchmark's SMT."""
     import _knn
