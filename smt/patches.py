@@ -1,5 +1,4 @@
 """Patch extraction on the patch grid (paper: all p x p patches at stride 1, no padding)."""
-import torch
 
 # A patch whose centred pixels have a smaller norm is constant: it gets no code and is not a graph node.
 EMPTY_PATCH_NORM = 1e-8

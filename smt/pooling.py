@@ -1,5 +1,4 @@
 """Spatial average pooling of patch embeddings into an image embedding (paper: kernel 4, stride 2)."""
-import torch
 import torch.nn.functional as F
 
 from smt._norm import l2_normalize
