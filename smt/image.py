@@ -189,7 +189,9 @@ class SMT(TransformerMixin, BaseEstimator):
         d * H_p * W_p.
     fit_stats_ : dict
         Seconds per stage of the last ``fit``/``partial_fit`` call, mean active atoms per non-empty
-        patch and the fraction of non-empty patches left without a code; with ``max_coherence``,
+        patch and the fraction of non-empty patches left without a code (a finished checkpoint
+        resumed codes nothing: its mean active atoms come from the statistics, without the
+        fraction); with ``max_coherence``,
         also the patches tried to find the K atoms and the seconds that took (counted in the
         dictionary's seconds).
 
@@ -609,6 +611,9 @@ class SMT(TransformerMixin, BaseEstimator):
         if n_nodes:  # diagnostics of this process's images of this call (docs/algorithm.md §4)
             self.fit_stats_["mean_active_atoms"] = n_active / n_nodes
             self.fit_stats_["uncoded_fraction"] = 1 - n_coded / n_nodes
+        elif finished and stages["stats"].n_patches_:
+            # Nothing was coded again, but the statistics count every node's active atoms.
+            self.fit_stats_["mean_active_atoms"] = float(stages["stats"].usage_.sum()) / stages["stats"].n_patches_
         self.fit_stats_["statistics_seconds"] = time.perf_counter() - tic
         self._stats = stages["stats"]
         tic = time.perf_counter()

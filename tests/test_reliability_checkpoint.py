@@ -48,6 +48,19 @@ def test_same_data_and_parameters_resume(X, done):
     np.testing.assert_array_equal(resumed.transform(X[:20]), fresh.transform(X[:20]))
 
 
+@pytest.mark.parametrize("params", [{}, {"coding": "threshold", "threshold": 0.2}])
+def test_a_finished_fit_resumed_reports_its_active_atoms(X, tmp_path, params):
+    # A finished fit resumed codes no image again, but still reports the mean active atoms per
+    # non-empty patch, from its statistics (the fraction left uncoded is not kept).
+    path = tmp_path / "c.npz"
+    fresh = small_smt(checkpoint_path=str(path), **params).fit(X)
+    resumed = small_smt(checkpoint_path=str(path), **params).fit(X)
+    assert resumed.fit_stats_["mean_active_atoms"] == pytest.approx(fresh.fit_stats_["mean_active_atoms"], rel=1e-12)
+    assert "uncoded_fraction" not in resumed.fit_stats_
+    if params:
+        assert fresh.fit_stats_["mean_active_atoms"] > 1
+
+
 @pytest.mark.parametrize("where", [1, 80, 158])
 def test_one_image_replaced_anywhere_is_refused(X, done, where):
     # Not only the first and last images: any image the state depends on.
