@@ -9,7 +9,7 @@ grayscale augmentation), CIFAR-100 53.2 (57.0). Defaults: the best CIFAR-10 sett
 (benchmarks/RESULTS.md, gap ledger): **two SMTs side by side**, 6x6 patches at threshold 0.3 and 4x4
 patches at 0.45, each with the paper's K 8192, d 384 and whole-image context, their unit-norm
 embeddings concatenated (79.49 at 50k with mirrors, against 78.93 for 6x6 alone and 78.90 for 4x4
-alone: "Stop 19"); a sampled dictionary (``--dict-epochs 0``: 65.89 against 65.09 for one epoch of
+alone, and 79.14 for two 6x6 models of seeds 0 and 1: "Stop 19", "Stop 20"); a sampled dictionary (``--dict-epochs 0``: 65.89 against 65.09 for one epoch of
 Algorithm 1 at 10k), ``--n-skip 8``, and mirrors in the fit and the kNN reference set (``--flips``;
 ``--no-flips`` for the strict no-augmentation protocol). The encode's patch-atom similarities and
 the kNN's screen run in bfloat16 (``--precision bf16 --knn-precision bf16``: the kNN's neighbours
@@ -17,7 +17,10 @@ are the float32 ones, 0.4 % of the (patch, atom) codes differ, top-1 78.93 again
 float32); pass ``--precision float32 --knn-precision float32`` on a CPU without bf16 units.
 
 Cost on 2 CPU cores with bf16 units: the two fits take about 31 min (6x6) and 36 min (4x4),
-mostly their statistics passes, the embeddings and kNN about 90 min, peak 13.3 GiB. ``--patch-size 6`` (threshold 0.3)
+mostly their statistics passes. From scratch each member then embeds the training images from the
+codes its fit kept (about 15 min per member, estimated: about 1.6 h in all); from the members'
+finished checkpoints the training images are encoded again (76-90 min of embedding). Peak about
+14 GiB. ``--patch-size 6`` (threshold 0.3)
 is the paper's single model: 47 min in all, peak 7.1 GiB, 78.93 ("Stop 18"). With ``--checkpoint
 PATH`` member i keeps its fit in ``PATH.i``; a finished single-size run's checkpoint serves as a
 member's (a member is seeded as it would be alone).
