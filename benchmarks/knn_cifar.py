@@ -8,10 +8,11 @@ Prints the accuracy and the time and peak memory of each stage. Paper: CIFAR-10 
 grayscale augmentation), CIFAR-100 53.2 (57.0). Defaults: the best CIFAR-10 settings measured
 (benchmarks/RESULTS.md, gap ledger): **two SMTs side by side**, 6x6 patches at threshold 0.3 and 4x4
 patches at 0.45, each with the paper's K 8192, d 384 and whole-image context, their unit-norm
-embeddings concatenated (79.49 at 50k with mirrors, against 78.93 for 6x6 alone and 78.90 for 4x4
-alone, and 79.14 for two 6x6 models of seeds 0 and 1: "Stop 19", "Stop 20"); a sampled dictionary (``--dict-epochs 0``: 65.89 against 65.09 for one epoch of
-Algorithm 1 at 10k), ``--n-skip 8``, and mirrors in the fit and the kNN reference set (``--flips``;
-``--no-flips`` for the strict no-augmentation protocol). The encode's patch-atom similarities and
+embeddings concatenated (79.49 at 50k with mirrors, against 78.93 for 6x6 alone, 78.90 for 4x4
+alone and 79.14 for two 6x6 models of seeds 0 and 1: "Stop 19", "Stop 20"); a sampled dictionary
+(``--dict-epochs 0``: 65.89 against 65.09 for one epoch of Algorithm 1 at 10k), ``--n-skip 8``, and
+mirrors in the fit and the kNN reference set (``--flips``; ``--no-flips`` for the strict
+no-augmentation protocol). The encode's patch-atom similarities and
 the kNN's screen run in bfloat16 (``--precision bf16 --knn-precision bf16``: the kNN's neighbours
 are the float32 ones, 0.4 % of the (patch, atom) codes differ, top-1 78.93 against 78.92 in
 float32); pass ``--precision float32 --knn-precision float32`` on a CPU without bf16 units.
