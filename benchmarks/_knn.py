@@ -266,6 +266,11 @@ def fit_transform_chunks(model, x, chunk):
         yield from model.fit_transform_chunks(x, chunk_size=chunk)
         return
     model.fit(x)
+    yield from _transformed(model, x, chunk)
+
+
+def _transformed(model, x, chunk):
+    """``model.transform`` of ``x``, ``chunk`` images at a time, as float32."""
     for start in range(0, len(x), chunk):
         yield model.transform(x[start:start + chunk]).astype(np.float32, copy=False)
 
@@ -273,11 +278,11 @@ def fit_transform_chunks(model, x, chunk):
 def transform_chunks(model, x, chunk):
     """``model.transform(x)`` as float32, filled ``chunk`` images at a time into one array: a union's
     ``transform`` would hold every member's whole output and their concatenation at once."""
-    first = model.transform(x[:chunk]).astype(np.float32, copy=False)
-    out = np.empty((len(x), first.shape[1]), np.float32)
-    out[:len(first)] = first
-    for start in range(chunk, len(x), chunk):
-        out[start:start + chunk] = model.transform(x[start:start + chunk])
+    out = None
+    for start, z in zip(range(0, len(x), chunk), _transformed(model, x, chunk)):
+        if out is None:
+            out = np.empty((len(x), z.shape[1]), np.float32)
+        out[start:start + len(z)] = z
     return out
 
 
