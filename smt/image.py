@@ -25,7 +25,7 @@ from smt.coding import CODE_NORMS, CODE_VALUES, CODINGS, EMPTY_CODES, PRECISIONS
 from smt.dictionary import OnlineDictionary, incoherent_atoms, patch_keys
 from smt.patches import extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
-from smt.spectral import solve_embedding
+from smt.spectral import solve_bytes, solve_embedding
 from smt.statistics import ContextStatistics
 from smt.whitening import Whitening
 
@@ -555,7 +555,8 @@ class SMT(TransformerMixin, BaseEstimator):
         when the statistics pass computes all of them, and stays empty otherwise.
         """
         self._check_params()
-        _check_statistics_fit_in_memory(self.n_atoms)
+        device = resolve_device(self.device)
+        _check_statistics_fit_in_memory(self.n_atoms, device)
         stream = self.__dict__.get("_stream")
         if stream is None and hasattr(self, "components_"):
             raise ValueError("partial_fit continues a fit made in this process or a model saved with "
@@ -563,7 +564,6 @@ class SMT(TransformerMixin, BaseEstimator):
                              "to add to: refit it with fit or partial_fit")
         # The one place the fit meets the other processes (one process: a shard of everything).
         shard, images = distributed.Shard.open(lambda: self._check_images(X, reset=stream is None))
-        device = resolve_device(self.device)
         self.fit_stats_ = {}
         if stream is None:
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
@@ -1034,18 +1034,19 @@ class SMT(TransformerMixin, BaseEstimator):
         return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS + _TRANSFORM_PARAMS}
 
 
-def _check_statistics_fit_in_memory(n_atoms):
-    """The fit holds G and M, two (K, K) float64 sums, and the solve a copy of each: refuse a K
-    whose 4 K^2 float64 values exceed this machine's memory, before any work."""
-    need = 4 * 8 * n_atoms ** 2
+def _check_statistics_fit_in_memory(n_atoms, device):
+    """The fit holds G and M, two (K, K) float64 sums, and the solve several more (K, K) arrays
+    beside them: refuse a K whose statistics and solve exceed this machine's memory, before any
+    work (not after an hours-long statistics pass)."""
+    need = 2 * 8 * n_atoms ** 2 + solve_bytes(n_atoms, device)
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
         return
     if need > have:
         raise ValueError(f"SMT: n_atoms={n_atoms} needs {need / 2**30:.1f} GiB for the code statistics and "
-                         f"their solve (four {n_atoms} x {n_atoms} float64 arrays), more than this machine's "
-                         f"{have / 2**30:.1f} GiB; lower n_atoms")
+                         f"their solve ({need // (8 * n_atoms ** 2)} {n_atoms} x {n_atoms} float64 arrays), more "
+                         f"than this machine's {have / 2**30:.1f} GiB; lower n_atoms")
 
 
 def _as_buffer(images, copy=False):

@@ -58,11 +58,17 @@ def solve_embedding(gram, context, n_patches, n_components, n_skip=1, device="cp
     v.diagonal().add_(1e-6 * torch.trace(v) / k_used)
     device = torch.device(device)
     if device.type == "cuda" or k_used > _SCIPY_MAX_ATOMS:
-        v, mm = v.to(device), mm.to(device)
-        chol = torch.linalg.cholesky(v)
-        c = torch.linalg.solve_triangular(chol, mm, upper=False)
+        # Every (K, K) temporary is dropped as soon as it is spent: beside G and M the solve then
+        # holds the factor, c and eigh's output and workspace (about 6 K^2 measured, against 8 when
+        # all were kept; at K 16384 each K^2 is 2 GiB).
+        chol = torch.linalg.cholesky(v.to(device))
+        del v
+        c = torch.linalg.solve_triangular(chol, mm.to(device), upper=False)
+        del mm
         c = torch.linalg.solve_triangular(chol, c.T, upper=False)
-        evals, u = torch.linalg.eigh((c + c.T) / 2)
+        _symmetrize_(c)
+        evals, u = torch.linalg.eigh(c)
+        del c
         evals, u = evals[:n_total], u[:, :n_total]
         vecs = torch.linalg.solve_triangular(chol.T, u, upper=True)
         evals, vecs = evals.cpu().numpy(), vecs.cpu().numpy()
@@ -75,6 +81,19 @@ def solve_embedding(gram, context, n_patches, n_components, n_skip=1, device="cp
     full = np.zeros((n_total, k))
     full[:, used.cpu().numpy()] = _orient(vecs).T
     return full[n_skip:], evals[n_skip:], full[:n_skip]
+
+
+def solve_bytes(n_atoms, device="cpu"):
+    """Host memory :func:`solve_embedding` holds beside G and M at its peak, in bytes.
+
+    Measured in (K, K) float64 arrays (``benchmarks/RESULTS.md``, "Stop 21"): scipy's subset
+    solver about 3 (V, M and LAPACK's copies), the torch path about 6 (Cholesky factor, C, and
+    ``eigh``'s output and its divide-and-conquer workspace of 2 K^2). On CUDA the host holds only
+    V and M before they move.
+    """
+    device = torch.device(device)
+    copies = 2 if device.type == "cuda" else 3 if n_atoms <= _SCIPY_MAX_ATOMS else 6
+    return copies * 8 * n_atoms ** 2
 
 
 def _symmetrize_(a, block=1024):

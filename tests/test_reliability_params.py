@@ -222,3 +222,22 @@ def test_values_that_would_run_for_years_or_exhaust_memory_are_refused():
         SMT(patch_size=3, n_atoms=16, n_components=4, pool_size=3, dict_epochs=2**70).fit(x)
     with pytest.raises(ValueError, match="n_atoms=10000000 needs .* GiB"):
         SMT(patch_size=3, n_atoms=10_000_000, n_components=4, pool_size=3).fit(x)
+
+
+def test_a_k_whose_solve_would_not_fit_is_refused_before_the_statistics_pass(monkeypatch):
+    """K 16384's solve peaked at 20 GiB here (torch's Cholesky + eigh beside G and M) while the
+    check budgeted 8 GiB: on a 12 GiB machine it used to pass the check and die in the solve."""
+    from sklearn.datasets import load_digits
+
+    import smt.image
+    from smt import SMT
+    page = 4096
+    sysconf = {"SC_PAGE_SIZE": page, "SC_PHYS_PAGES": 12 * 2**30 // page}
+    monkeypatch.setattr(smt.image.os, "sysconf", sysconf.__getitem__)
+    x = load_digits().images[:20] / 16.0
+    with pytest.raises(ValueError, match=r"n_atoms=16384 needs 16\.0 GiB .*8 16384 x 16384"):
+        SMT(patch_size=3, n_atoms=16384, n_components=4, pool_size=3).fit(x)
+    # K 8192 goes through scipy's subset solver (5 (K, K) arrays, 2.5 GiB): past the memory check,
+    # these 20 images are the next thing to be refused
+    with pytest.raises(ValueError, match="needs at least n_atoms=8192 non-constant patches"):
+        SMT(patch_size=3, n_atoms=8192, n_components=4, pool_size=3).fit(x)
