@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import FeatureUnion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -19,7 +20,7 @@ from _measure import StageMeter  # noqa: E402
 from smt import SMT, HierarchicalSMT  # noqa: E402
 from smt.hierarchical import default_second_layer  # noqa: E402
 from smt._device import resolve_device  # noqa: E402
-from smt.augment import add_gray_copies, add_mirrors  # noqa: E402
+from smt.augment import add_gray_copies, add_mirrors, to_grayscale  # noqa: E402
 from smt.knn import StreamingKNN  # noqa: E402
 
 
@@ -74,6 +75,37 @@ class WhitenedPCA:
     def transform(self, x):
         """``x`` of shape (n, D) -> whitened coordinates of shape (n, P), float32."""
         return ((torch.as_tensor(x) - self.mean_) @ self.components_.T) / self.std_
+
+
+class GrayView(TransformerMixin, BaseEstimator):
+    """An ``SMT`` fitted on and applied to the gray copies of RGB images (luma, one channel).
+
+    A union member that sees only the intensity of an image: with a colour member beside it, a
+    reading of grayscale augmentation in which the gray view is a model of its own rather than
+    extra images or extra context of the colour model.
+
+    Parameters
+    ----------
+    smt : SMT
+        Fitted and applied to images of shape (n, H, W), ``to_grayscale(X)[..., 0]``.
+    """
+
+    def __init__(self, smt):
+        self.smt = smt
+
+    def fit(self, X, y=None):
+        self.smt.fit(_luma(X))
+        return self
+
+    def transform(self, X):
+        return self.smt.transform(_luma(X))
+
+    def fit_transform_chunks(self, X, chunk_size=5000):
+        yield from self.smt.fit_transform_chunks(_luma(X), chunk_size=chunk_size)
+
+
+def _luma(X):
+    return to_grayscale(X)[..., 0]
 
 
 def validation_split(n_images, n_copies, fraction=0.1):
@@ -201,15 +233,28 @@ def member_settings(args):
     given: they replace the defaults, the other option taking the first default member's value;
     one value of an option is shared by every member.
     """
+    return [(p, t) for p, t, _ in _member_views(args)]
+
+
+def _member_views(args):
+    """(patch size, threshold, view) of each member: :func:`member_settings` and ``--view``, one
+    value of which is shared by every member."""
     if args.patch_size is None and args.threshold is None:
-        return [tuple(m) for m in args.default_members]
-    sizes = args.patch_size or [args.default_members[0][0]]
-    thresholds = args.threshold or [args.default_members[0][1]]
-    n = max(len(sizes), len(thresholds))
-    if {len(sizes), len(thresholds)} - {1, n}:
-        raise SystemExit(f"--patch-size ({len(sizes)} values) and --threshold ({len(thresholds)}) "
+        pairs = [tuple(m) for m in args.default_members]
+    else:
+        pairs = _broadcast("--patch-size", args.patch_size or [args.default_members[0][0]],
+                           "--threshold", args.threshold or [args.default_members[0][1]])
+    views = getattr(args, "view", None) or ["color"]
+    return [(p, t, v) for (p, t), v in _broadcast("members by --patch-size and --threshold", pairs, "--view", views)]
+
+
+def _broadcast(name_a, a, name_b, b):
+    """``a`` and ``b`` zipped, a single value of either repeated to the other's length."""
+    n = max(len(a), len(b))
+    if {len(a), len(b)} - {1, n}:
+        raise SystemExit(f"{name_a} ({len(a)} values) and {name_b} ({len(b)}) "
                          "must have one value or the same number of values")
-    return list(zip(sizes * (n if len(sizes) == 1 else 1), thresholds * (n if len(thresholds) == 1 else 1)))
+    return list(zip(a * (n if len(a) == 1 else 1), b * (n if len(b) == 1 else 1)))
 
 
 def smt_params(args):
@@ -235,21 +280,24 @@ def build_model(args):
     A member's checkpoint is ``<checkpoint>.<i>``.
     """
     params = smt_params(args)
-    pairs = member_settings(args)
+    settings = _member_views(args)
     if args.second_layer is not None:
-        if len(pairs) > 1:
-            raise SystemExit("--second-layer takes one first layer: give one --patch-size and one --threshold")
+        if len(settings) > 1 or settings[0][2] != "color":
+            raise SystemExit("--second-layer takes one first layer, of colour images: give one --patch-size, "
+                             "one --threshold and no --view gray")
         second = default_second_layer().set_params(**dict(args.second_layer), verbose=True)
         return HierarchicalSMT(SMT(**params), second, output=args.second_output, second_weight=args.second_weight,
                                chunk_size=args.chunk_size, random_state=args.seed)
-    if len(pairs) == 1:
-        return SMT(**params)
+    if len(settings) == 1:
+        return GrayView(SMT(**params)) if settings[0][2] == "gray" else SMT(**params)
     ckpt = params.pop("checkpoint_path")
-    members = [(f"smt{i}_p{p}_t{t}", SMT(**{**params, "patch_size": p, "threshold": t,
-                                             "random_state": args.seed + pairs[:i].count((p, t)),
-                                             "normalize_output": True,
-                                             "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"}))
-               for i, (p, t) in enumerate(pairs)]
+    members = []
+    for i, (p, t, view) in enumerate(settings):
+        smt = SMT(**{**params, "patch_size": p, "threshold": t, "normalize_output": True,
+                     "random_state": args.seed + settings[:i].count((p, t, view)),
+                     "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"})
+        members.append((f"smt{i}_p{p}_t{t}" + ("_gray" if view == "gray" else ""),
+                        GrayView(smt) if view == "gray" else smt))
     return FeatureUnion(members)
 
 
@@ -262,7 +310,7 @@ def fit_transform_chunks(model, x, chunk):
         for parts in zip(*streams):
             yield np.hstack(parts)
         return
-    if isinstance(model, SMT):
+    if isinstance(model, (SMT, GrayView)):
         yield from model.fit_transform_chunks(x, chunk_size=chunk)
         return
     model.fit(x)
@@ -287,9 +335,12 @@ def transform_chunks(model, x, chunk):
 
 
 def _members(model):
+    """The fitted ``SMT`` models inside ``model``."""
     if isinstance(model, HierarchicalSMT):
         return [model.first_, model.second_]
-    return [model] if isinstance(model, SMT) else [m for _, m in model.transformer_list]
+    if isinstance(model, GrayView):
+        return [model.smt]
+    return [model] if isinstance(model, SMT) else [m for _, member in model.transformer_list for m in _members(member)]
 
 
 def _key_value(text):
@@ -319,6 +370,9 @@ def parser(doc, members=None, **defaults):
     ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=None,
                     help="coding threshold (the cosine an atom must reach); several values: one per member, "
                          "as --patch-size")
+    ap.add_argument("--view", choices=["color", "gray"], nargs="+", default=None,
+                    help="what each member sees: the images, or their gray copies (luma, one channel; a "
+                         "model of the gray view beside the colour one). One value: every member. Default: color")
     ap.add_argument("--second-layer", type=_key_value, nargs="*", default=None, metavar="NAME=VALUE",
                     help="a second SMT layer on the first layer's pooled maps (smt.HierarchicalSMT); its SMT "
                          "parameters are smt.hierarchical.default_second_layer()'s, changed by NAME=VALUE")
@@ -427,7 +481,8 @@ def run(args, load, name, paper):
     n_features = int(model.n_features_out_) if isinstance(model, HierarchicalSMT) else \
         sum(int(m.n_features_out_) for m in members)
     print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
-          f"embedding {n_features}" + (f" (members: patch size, threshold {[(m.patch_size, m.threshold) for m in members]})"
+          f"embedding {n_features}" + (f" (members: patch size, threshold {[(m.patch_size, m.threshold) for m in members]}"
+                                       f"{', views ' + str(args.view) if args.view else ''})"
                                        if len(members) > 1 else ""))
     if isinstance(model, HierarchicalSMT):
         print(f"second layer on {model.map_shape_} maps: {model.second_.get_params()}")

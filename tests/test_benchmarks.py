@@ -288,3 +288,44 @@ def test_second_layer_benchmark_runs_end_to_end(tmp_path, capsys):
     row = json.loads((tmp_path / "r.jsonl").read_text())
     # first: 9x9 grid (patch 6 on 14x14) pooled 2/1 to 8x8 of 4; second: 6x6 grid (patch 3) pooled 2/1 to 5x5 of 2
     assert row["n_features_out"] == 8 * 8 * 4 + 5 * 5 * 2 and len(row["fit_stats"]) == 2
+
+
+def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
+    """``--view color gray``: the second member is fitted on and applied to the gray copies (one
+    channel); its embedding equals an SMT fitted on those copies by hand, and the run scores the two
+    side by side."""
+    import _knn
+    from sklearn.pipeline import FeatureUnion
+
+    from smt import SMT
+    from smt.augment import to_grayscale
+    rng = np.random.default_rng(2)
+    x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
+    y = np.arange(60) % 3
+    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
+    union = _knn.build_model(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--checkpoint", "c"]))
+    assert isinstance(union, FeatureUnion)
+    (_, colour), (name, gray) = union.transformer_list
+    assert isinstance(colour, SMT) and isinstance(gray, _knn.GrayView) and name == "smt1_p3_t0.3_gray"
+    # the gray member is the model its size alone fits: seed 0, its own checkpoint
+    assert (gray.smt.random_state, gray.smt.checkpoint_path, gray.smt.normalize_output) == (0, "c.1", True)
+    z = np.vstack(list(_knn.fit_transform_chunks(union, x, 25)))
+    luma = to_grayscale(x)[..., 0]
+    assert luma.shape == (60, 12, 12) and np.array_equal(luma[0], np.rint(x[0] @ [0.299, 0.587, 0.114]))
+    by_hand = SMT(**{**gray.smt.get_params(), "checkpoint_path": None}).fit_transform(luma)
+    np.testing.assert_allclose(z[:, colour.n_features_out_:], by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_knn.transform_chunks(union, x, 25), z, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SystemExit, match=r"--view \(3\) must have one value or the same number"):
+        _knn.build_model(ap.parse_args(["--patch-size", "3", "4", "--view", "color", "gray", "gray"]))
+    with pytest.raises(SystemExit, match="no --view gray"):
+        _knn.build_model(ap.parse_args(["--view", "gray", "--second-layer"]))
+    assert isinstance(_knn.build_model(ap.parse_args(["--view", "gray"])), _knn.GrayView)
+
+    def load(root, split):
+        return (x, y) if split == "train" else (x[:20], y[:20])
+    acc = _knn.run(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--json", str(tmp_path / "r.jsonl")]),
+                   load, "made-up", "-")
+    assert 0 <= acc["top1"] <= 100
+    row = json.loads((tmp_path / "r.jsonl").read_text())
+    assert row["n_features_out"] == 2 * 3 * 3 * 4 and len(row["fit_stats"]) == 2
+    assert "views ['color', 'gray']" in capsys.readouterr().out
