@@ -303,12 +303,13 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
     x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
     y = np.arange(60) % 3
     ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
-    union = _knn.build_model(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--checkpoint", "c"]))
+    ckpt = str(tmp_path / "c.npz")
+    union = _knn.build_model(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--checkpoint", ckpt]))
     assert isinstance(union, FeatureUnion)
     (_, colour), (name, gray) = union.transformer_list
     assert isinstance(colour, SMT) and isinstance(gray, _knn.GrayView) and name == "smt1_p3_t0.3_gray"
     # the gray member is the model its size alone fits: seed 0, its own checkpoint
-    assert (gray.smt.random_state, gray.smt.checkpoint_path, gray.smt.normalize_output) == (0, "c.1", True)
+    assert (gray.smt.random_state, gray.smt.checkpoint_path, gray.smt.normalize_output) == (0, ckpt + ".1", True)
     z = np.vstack(list(_knn.fit_transform_chunks(union, x, 25)))
     luma = to_grayscale(x)[..., 0]
     assert luma.shape == (60, 12, 12) and np.array_equal(luma[0], np.rint(x[0] @ [0.299, 0.587, 0.114]))
