@@ -177,8 +177,9 @@ def _bf16_copy(x: torch.Tensor, bias_column: bool = False) -> torch.Tensor:
     ``_BF16_ALIGN`` and zeros after column ``d - 1`` (column ``d`` holds 1 when ``bias_column``)."""
     n, d = x.shape
     width = -(-(d + 1) // _BF16_ALIGN) * _BF16_ALIGN
-    out = torch.zeros((n, width), dtype=torch.bfloat16, device=x.device)
+    out = torch.empty((n, width), dtype=torch.bfloat16, device=x.device)
     out[:, :d] = x
+    out[:, d:] = 0
     if bias_column:
         out[:, d] = 1.0
     return out
