@@ -36,7 +36,7 @@ _CALLER_PARAMS = ("device", "checkpoint_path")
 # transform disagree with the model (set_params of one of them then needs a refit).
 _SHAPE_PARAMS = ("patch_size", "n_atoms", "n_components", "n_skip", "pool_size", "pool_stride")
 # Parameters that change neither the fitted model nor the order the data is walked in.
-_RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every")
+_RUNTIME_PARAMS = ("device", "verbose", "checkpoint_path", "checkpoint_every", "keep_statistics")
 # Read after the statistics pass (the solve, the transform): a checkpoint does not depend on them,
 # so one statistics pass serves every d, n_skip and pooling.
 _TRANSFORM_PARAMS = ("n_components", "n_skip", "pool_size", "pool_stride", "normalize_output")
@@ -165,6 +165,12 @@ class SMT(TransformerMixin, BaseEstimator):
         torch.distributed every process writes its own file, ``<checkpoint_path>.rank<r>-of-<world size>``.
         Not saved with the model: a loaded model writes no checkpoint until given one.
     checkpoint_every : int, default=50
+    keep_statistics : bool, default=True
+        Keep the code statistics (G and M, two K x K float64 sums: 1 GiB at K 8192) after the
+        solve, for ``partial_fit`` to add to and ``save(stream=True)`` to write. False drops them
+        once the projection is solved: a model that only transforms (a kNN benchmark, one member
+        of several side by side) then holds 2 K^2 fewer float64 values; ``partial_fit`` after
+        ``fit`` and ``save(stream=True)`` refuse it, saying why. The fit's result is the same.
 
     Attributes
     ----------
@@ -247,6 +253,7 @@ class SMT(TransformerMixin, BaseEstimator):
         "verbose": ["verbose"],
         "checkpoint_path": PATH,
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+        "keep_statistics": ["boolean"],
     }
 
     def __init__(self, patch_size=6, *, center_patches=True, n_atoms=8192, coding="threshold", threshold=0.3, n_nonzero=1,
@@ -255,7 +262,7 @@ class SMT(TransformerMixin, BaseEstimator):
                  dict_lr=0.1, dict_max_patches=None, max_coherence=None, front_end_images=10000, pool_size=4,
                  pool_stride=2, grayscale_augmentation=None, gray_weight=1.0, normalize_output=False,
                  batch_size=256, device="auto", random_state=None, verbose=False, checkpoint_path=None,
-                 checkpoint_every=50):
+                 checkpoint_every=50, keep_statistics=True):
         self.patch_size = patch_size
         self.center_patches = center_patches
         self.n_atoms = n_atoms
@@ -290,6 +297,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
+        self.keep_statistics = keep_statistics
 
     # ------------------------------------------------------------------ public API
     def fit(self, X, y=None):
@@ -460,7 +468,7 @@ class SMT(TransformerMixin, BaseEstimator):
             state = self.__dict__.get("_stream")
             if state is None:
                 raise ValueError("save(stream=True) needs the statistics of a fit or partial_fit made in this "
-                                 "process (or loaded from a file saved with stream=True)")
+                                 "process (or loaded from a file saved with stream=True)" + _dropped(self))
             arrays.update(prefixed("stats", self._stats.get_state()))
             meta["stream"] = {k: state[k] for k in ("seed", "n_seen", "frozen")}
             if state["front"] is not None:
@@ -560,8 +568,8 @@ class SMT(TransformerMixin, BaseEstimator):
         stream = self.__dict__.get("_stream")
         if stream is None and hasattr(self, "components_"):
             raise ValueError("partial_fit continues a fit made in this process or a model saved with "
-                             "save(path, stream=True); this model was loaded from a file without statistics "
-                             "to add to: refit it with fit or partial_fit")
+                             "save(path, stream=True)" + (_dropped(self) or "; this model was loaded from a file "
+                             "without statistics to add to") + ": refit it with fit or partial_fit")
         # The one place the fit meets the other processes (one process: a shard of everything).
         shard, images = distributed.Shard.open(lambda: self._check_images(X, reset=stream is None))
         self.fit_stats_ = {}
@@ -621,6 +629,8 @@ class SMT(TransformerMixin, BaseEstimator):
         self.fit_stats_["solve_seconds"] = time.perf_counter() - tic
         stream["n_seen"] = n_seen + total
         self._stream = stream
+        if not self.keep_statistics:
+            self._stats = self._stream = None
         if not finished:
             run.phase = "done"
             self._ckpt.save(run, stages)
@@ -1032,6 +1042,13 @@ class SMT(TransformerMixin, BaseEstimator):
     def _model_params(self):
         """The parameters that shape what a checkpoint holds (whitening, dictionary, statistics)."""
         return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS + _TRANSFORM_PARAMS}
+
+
+def _dropped(model):
+    """Why a fitted model has no statistics, when it dropped them itself (else '')."""
+    if "_stream" in model.__dict__ and model._stream is None:
+        return "; this model dropped its statistics after the solve (keep_statistics=False)"
+    return ""
 
 
 def _check_statistics_fit_in_memory(n_atoms, device):

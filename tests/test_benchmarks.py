@@ -187,6 +187,9 @@ def test_several_patch_sizes_build_a_union_of_unit_norm_members():
            for _, m in union.transformer_list]
     # each member is the model its size alone fits (same seed), so its own checkpoint serves
     assert got == [(6, 0.3, 4, True, "c.npz.0", 64), (10, 0.18, 4, True, "c.npz.1", 64)]
+    # the benchmark never adds to a fit: each member drops its statistics after the solve
+    assert [m.keep_statistics for _, m in union.transformer_list] == [False, False]
+    assert _knn.build_model(ap.parse_args(["--keep-statistics"])).keep_statistics is True
     shared = _knn.build_model(ap.parse_args(["--patch-size", "6", "6", "4", "6", "--threshold", "0.3"]))
     assert [(m.patch_size, m.threshold, m.random_state) for _, m in shared.transformer_list] == \
         [(6, 0.3, 0), (6, 0.3, 1), (4, 0.3, 0), (6, 0.3, 2)]

@@ -25,7 +25,7 @@ SMT_BAD = {
     "front_end_images": (1e4, 0), "pool_size": (2.5, 0), "pool_stride": (None, 0),
     "grayscale_augmentation": (True, "both"), "gray_weight": ("0.5", 0.0), "normalize_output": ("yes", None), "batch_size": (128.0, 0),
     "device": (7, "gpu"), "random_state": ("0", -1), "verbose": ("yes", -1), "checkpoint_path": (5, None),
-    "checkpoint_every": (1.5, 0),
+    "checkpoint_every": (1.5, 0), "keep_statistics": ("no", None),
 }
 WORDS_BAD = {
     "n_components": ("2", 0), "max_vocab": (1.5, 0), "min_count": (None, 0), "window": (2.5, 0),
@@ -241,3 +241,24 @@ def test_a_k_whose_solve_would_not_fit_is_refused_before_the_statistics_pass(mon
     # these 20 images are the next thing to be refused
     with pytest.raises(ValueError, match="needs at least n_atoms=8192 non-constant patches"):
         SMT(patch_size=3, n_atoms=8192, n_components=4, pool_size=3).fit(x)
+
+
+def test_keep_statistics_false_drops_them_after_the_solve_and_says_so(digits, tmp_path):
+    """The same model without its two K x K sums; what needs them refuses, naming the parameter."""
+    x = digits[0][:150]
+    ckpt = str(tmp_path / "fit.npz")
+    kept = small_smt(random_state=0, checkpoint_path=ckpt).fit(x)
+    # a runtime parameter: the finished checkpoint of a run that kept them serves one that does not
+    dropped = small_smt(random_state=0, checkpoint_path=ckpt, keep_statistics=False).fit(x)
+    assert dropped.fit_stats_["statistics_seconds"] < kept.fit_stats_["statistics_seconds"]
+    np.testing.assert_array_equal(kept.components_, dropped.components_)
+    np.testing.assert_array_equal(kept.transform(x[:5]), dropped.transform(x[:5]))
+    assert kept._stats is not None and dropped._stats is None
+    with pytest.raises(ValueError, match=r"dropped its statistics after the solve \(keep_statistics=False\)"):
+        dropped.partial_fit(x[:10])
+    with pytest.raises(ValueError, match=r"keep_statistics=False"):
+        dropped.save(tmp_path / "m.npz", stream=True)
+    dropped.save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="was loaded from a file without statistics"):
+        SMT.load(tmp_path / "m.npz").partial_fit(x[:10])
+    kept.partial_fit(x[:10])  # the default keeps them: fit, then more images
