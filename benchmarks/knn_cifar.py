@@ -20,8 +20,9 @@ float32); pass ``--precision float32 --knn-precision float32`` on a CPU without 
 Cost on 2 CPU cores with bf16 units: the two fits take about 31 min (6x6) and 36 min (4x4),
 mostly their statistics passes. From scratch each member then embeds the training images from the
 codes its fit kept (about 15 min per member, estimated: about 1.6 h in all); from the members'
-finished checkpoints the training images are encoded again (76-90 min of embedding). Peak about
-14 GiB. ``--patch-size 6`` (threshold 0.3)
+finished checkpoints the training images are encoded again (76-90 min of embedding). Peak 13.9
+GiB in stop 20; since stop 21 the kNN keeps no bf16 copy of the test embeddings and the models drop
+their statistics after the solve, about 9.5 GiB (estimated, not yet measured). ``--patch-size 6`` (threshold 0.3)
 is the paper's single model: 47 min in all, peak 7.1 GiB, 78.93 ("Stop 18"). With ``--checkpoint
 PATH`` member i keeps its fit in ``PATH.i``; a finished single-size run's checkpoint serves as a
 member's (a member is seeded as it would be alone).
@@ -30,7 +31,12 @@ Several ``--patch-size`` values (with one ``--threshold`` each) fit one SMT per 
 their unit-norm embeddings; giving either option replaces the default pair. A single 4x4 patch
 (``--patch-size 4 --threshold 0.4``) beat 6x6 by +0.99 at 50k with K 1024 ("Stop 16"), but at K 8192
 with mirrors ``--patch-size 4 --threshold 0.45`` gave 78.90 against 78.93 ("Stop 17"); together
-they give 79.49.
+they give 79.49. A third member of a size already there lowers it (6x6 + 4x4 + 6x6 of seed 1:
+79.34, "Stop 21").
+
+``--view color gray`` makes a member an SMT of the images' gray copies (luma, one channel) beside
+the colour one: +1.7 at 50k with K 1024 (75.51 against 73.84 for colour alone) and +1.3 on top of
+the 6x6 + 4x4 pair at 10k ("Stop 21"); not yet measured at K 8192, so not a default.
 """
 import sys
 from functools import partial
