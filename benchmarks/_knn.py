@@ -107,6 +107,7 @@ class GrayView(TransformerMixin, BaseEstimator):
 
 
 def _luma(X):
+    """The gray copies of RGB images (n, H, W, 3) as one-channel images (n, H, W), same dtype."""
     return to_grayscale(X)[..., 0]
 
 
