@@ -450,7 +450,7 @@ def test_copy_false_normalises_in_place_with_the_same_neighbours(precision):
 
 def test_the_bf16_knn_holds_its_queries_once():
     """The screen rounds each query batch to bfloat16 when it compares it: beside the float32 unit
-    queries the kNN keeps two floats per query and its top-k, no bf16 copy of every query (2.2 GB
+    queries the kNN keeps two floats per query and its top-k, no bf16 copy of every query (1.1 GB
     for CIFAR-10's 10,000 test images at d 384)."""
     rng = np.random.default_rng(0)
     queries = rng.normal(size=(3000, 200)).astype(np.float32)
