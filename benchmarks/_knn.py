@@ -247,7 +247,7 @@ def _member_views(args):
     else:
         pairs = _broadcast("--patch-size", args.patch_size or [args.default_members[0][0]],
                            "--threshold", args.threshold or [args.default_members[0][1]])
-    views = getattr(args, "view", None) or ["color"]
+    views = args.view or ["color"]
     return [(p, t, v) for (p, t), v in _broadcast("members by --patch-size and --threshold", pairs, "--view", views)]
 
 

@@ -163,7 +163,7 @@ def test_validation_split_keeps_the_queries_copies_out_of_the_references():
     ("--pca-images", "1", "1 is not at least 2"), ("--k-grid", "0", "0 is not at least 1"),
     ("--t-grid", "0", "0.0 is not above 0"), ("--t-grid", "warm", "not a number: 'warm'"),
     ("--chunk-size", "0", "0 is not at least 1"), ("--patch-size", "0", "0 is not at least 1"),
-    ("--threshold", "-0.1", "-0.1 is not at least 0")])
+    ("--threshold", "-0.1", "-0.1 is not at least 0"), ("--view", "grey", "invalid choice: 'grey'")])
 def test_post_processing_options_refuse_bad_values_by_name(option, value, message, capsys):
     import _knn
     with pytest.raises(SystemExit):
