@@ -835,10 +835,19 @@ class SMT(TransformerMixin, BaseEstimator):
     def _embed(self, batch, device):
         """Embeddings of a batch of images, (n, n_features_out_)."""
         out = []
+        phi = self._embedding_cache(device)["phi"]
         for part in self._code_steps(len(batch), 1, bytes_per_entry=16):
             patches, empty = self._patches(batch[part])
+            # The flat lists where the compiled coder gives them: the padded codes are about 3.5x
+            # their size at K 8192, and each step's fresh padded arrays were faulted in page by page.
+            lists = self._code_lists(patches, empty, phi, device)
+            if lists is not None:
+                atoms, counts = lists
+                out.append(self._embed_codes(torch.from_numpy(atoms), torch.from_numpy(counts).view(empty.shape),
+                                             device))
+                continue
             binary = self.code_values == "binary"
-            idx, val = self._code(patches, empty, self._embedding_cache(device)["phi"], device, values=not binary)
+            idx, val = self._code(patches, empty, phi, device, values=not binary)
             valid = idx >= 0
             out.append(self._embed_codes(idx[valid].to(torch.int32), valid.sum(-1, dtype=torch.int32), device,
                                          weights=None if binary else val[valid]))

@@ -128,16 +128,20 @@ def test_dense_codes_are_coded_in_steps_within_the_memory_budget(digits, monkeyp
     dict(coding="threshold", threshold=0.4, context="image", grayscale_augmentation="paired"),
 ])
 def test_statistics_from_flat_lists_equal_the_padded_codes(params, monkeypatch):
-    """The statistics pass takes binary threshold codes as flat lists (no padded arrays): the same
-    sums, model, kept codes and embeddings as the padded path, constant patches included."""
+    """The statistics pass and ``transform`` take binary threshold codes as flat lists (no padded
+    arrays): the same sums, model, kept codes and embeddings as the padded path, constant patches
+    included."""
     rng = np.random.default_rng(3)
     X = _rgb(rng)
     X[:5, :4] = 128  # constant patches
     fast = small_smt(**params)
     z_fast = fast.fit_transform(X)
+    t_fast = fast.transform(X)
     monkeypatch.setattr(SMT, "_code_lists", lambda self, *a: None)
     slow = small_smt(**params)
     z_slow = slow.fit_transform(X)
+    np.testing.assert_array_equal(t_fast, slow.transform(X))
+    np.testing.assert_array_equal(t_fast, z_fast)
     for name in ("gram_", "context_", "usage_"):
         assert torch.equal(getattr(fast._stats, name), getattr(slow._stats, name)), name
     assert fast._stats.n_patches_ == slow._stats.n_patches_
