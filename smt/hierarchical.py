@@ -125,6 +125,10 @@ class HierarchicalSMT(TransformerMixin, BaseEstimator):
                 layer.set_params(random_state=self.random_state)
         first, second = layers
         self._check_layers(first, second, images.shape[1:3])
+        # Every chunk's partial_fit adds to the second layer's statistics: they are dropped, if
+        # asked, only after the last chunk.
+        keep = second.keep_statistics
+        second.set_params(keep_statistics=True)
         # The second layer's front end is fitted once, on its first front_end_images maps handed
         # over in one partial_fit call (smaller calls would refit it and recount the kept maps
         # every time); the later chunks only add statistics.
@@ -142,6 +146,8 @@ class HierarchicalSMT(TransformerMixin, BaseEstimator):
             if n_held >= min(second.front_end_images, len(images)):
                 second.partial_fit(held[:n_held])
                 held = None
+        if not keep:
+            second.set_params(keep_statistics=False)._drop_statistics()
         self.first_, self.second_ = first, second
         self._set_shape()
         return self

@@ -394,6 +394,10 @@ class SMT(TransformerMixin, BaseEstimator):
             if store is not None:
                 store.close()
 
+    def _drop_statistics(self):
+        """Free G and M after the solve; ``partial_fit`` and ``save(stream=True)`` then refuse (``_dropped``)."""
+        self._stats = self._stream = None
+
     def _reset(self):
         """Forget everything a fit learned."""
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("__")]:
@@ -630,7 +634,7 @@ class SMT(TransformerMixin, BaseEstimator):
         stream["n_seen"] = n_seen + total
         self._stream = stream
         if not self.keep_statistics:
-            self._stats = self._stream = None
+            self._drop_statistics()
         if not finished:
             run.phase = "done"
             self._ckpt.save(run, stages)

@@ -60,6 +60,20 @@ def test_second_layer_is_an_smt_fitted_on_the_maps_by_hand(digits, fitted, front
     np.testing.assert_allclose(z, by_hand.transform(maps[:40]), rtol=1e-6, atol=1e-7)
 
 
+def test_a_second_layer_that_drops_its_statistics_is_fitted_on_every_chunk(digits):
+    """keep_statistics=False on the second layer: its three partial_fit calls (a front end of 200
+    maps, chunks of 150) still add up to the model that keeps them, and the statistics are gone
+    afterwards, as for an SMT fitted alone."""
+    def fit(keep):
+        second = _second().set_params(front_end_images=200, keep_statistics=keep)
+        return HierarchicalSMT(_first(), second, chunk_size=150, random_state=0).fit(digits)
+    lean, full = fit(False), fit(True)
+    np.testing.assert_array_equal(lean.second_.components_, full.second_.components_)
+    assert lean.second_.keep_statistics is False and lean.first_.keep_statistics is True
+    with pytest.raises(ValueError, match="keep_statistics=False"):
+        lean.second_.partial_fit(np.asarray(lean._maps(lean.first_.transform(digits[:20]), lean.first_)))
+
+
 def test_same_seed_same_embedding(digits, fitted):
     again = HierarchicalSMT(_first(), _second(), chunk_size=600, random_state=0).fit(digits)
     np.testing.assert_array_equal(again.transform(digits[:30]), fitted.transform(digits[:30]))
