@@ -354,9 +354,11 @@ def _key_value(text):
     return name, _value(value)
 
 
-def parser(doc, members=None, **defaults):
+def parser(doc, members=None, rgb=True, **defaults):
     """Command-line options of a kNN benchmark; ``defaults`` are the data set's settings and
-    ``members`` its default (patch size, threshold) pairs (default: ``SMT``'s one)."""
+    ``members`` its default (patch size, threshold) pairs (default: ``SMT``'s one). ``rgb=False``
+    (a gray data set) leaves out the options that make gray copies (``--view``, ``--grayscale-aug``):
+    argparse then names them as unknown before any data is loaded."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data root holding the data set folder (default: $SMT_DATA)")
     ap.add_argument("--n-train", type=int, default=None, help="first N training images (default: all)")
@@ -374,9 +376,11 @@ def parser(doc, members=None, **defaults):
     ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=None,
                     help="coding threshold (the cosine an atom must reach); several values: one per member, "
                          "as --patch-size")
-    ap.add_argument("--view", choices=["color", "gray"], nargs="+", default=None,
-                    help="what each member sees: the images, or their gray copies (luma, one channel; a "
-                         "model of the gray view beside the colour one). One value: every member. Default: color")
+    if rgb:
+        ap.add_argument("--view", choices=["color", "gray"], nargs="+", default=None,
+                        help="what each member sees: the images, or their gray copies (luma, one channel; a "
+                             "model of the gray view beside the colour one). One value: every member. "
+                             "Default: color")
     ap.add_argument("--second-layer", type=_key_value, nargs="*", default=None, metavar="NAME=VALUE",
                     help="a second SMT layer on the first layer's pooled maps (smt.HierarchicalSMT); its SMT "
                          "parameters are smt.hierarchical.default_second_layer()'s, changed by NAME=VALUE")
@@ -386,12 +390,15 @@ def parser(doc, members=None, **defaults):
                     help="with --second-layer and --second-output both: the second layer's norm")
     ap.add_argument("--knn-precision", choices=["float32", "bf16"], default="float32",
                     help="of the kNN's similarity GEMM (bf16: a bf16 screen, the float32 neighbours)")
-    ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
-                    choices=["paired", "independent", "context", "copies"],
-                    help="fit on gray copies too: 'paired' / 'independent' / 'context' are SMT's "
-                         "grayscale_augmentation (colour-only reference set; --gray-weight weighs the gray "
-                         "copy in a paired context); 'copies' appends them to the training set like "
-                         "--flips (fit and kNN reference set). Default variant: paired")
+    if rgb:
+        ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
+                        choices=["paired", "independent", "context", "copies"],
+                        help="fit on gray copies too: 'paired' / 'independent' / 'context' are SMT's "
+                             "grayscale_augmentation (colour-only reference set; --gray-weight weighs the gray "
+                             "copy in a paired context); 'copies' appends them to the training set like "
+                             "--flips (fit and kNN reference set). Default variant: paired")
+    else:
+        ap.set_defaults(view=None, grayscale_aug=None)
     ap.add_argument("--flips", action=argparse.BooleanOptionalAction, default=False,
                     help="fit on train + mirrored train; the mirrors join the kNN reference set")
     ap.add_argument("--chunk-size", type=_at_least(int, 1), default=2000,

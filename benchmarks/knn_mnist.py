@@ -16,8 +16,8 @@ from smt.datasets import load_mnist  # noqa: E402
 
 
 def main(argv=None):
-    ap = _knn.parser(__doc__, members=[(7, 0.3)], n_atoms=4096, coding="one_sparse", n_components=32, context="3",
-                     whiten_eps=0.1)
+    ap = _knn.parser(__doc__, members=[(7, 0.3)], rgb=False, n_atoms=4096, coding="one_sparse", n_components=32,
+                     context="3", whiten_eps=0.1)
     return _knn.run(ap.parse_args(argv), load_mnist, "MNIST", "99.3")
 
 

@@ -172,6 +172,18 @@ def test_post_processing_options_refuse_bad_values_by_name(option, value, messag
     assert f"argument {option}" in err and message in err
 
 
+@pytest.mark.parametrize("argv", [["--view", "gray"], ["--grayscale-aug"], ["--grayscale-aug", "copies"]])
+def test_mnist_has_no_gray_copy_options(argv, capsys, monkeypatch):
+    """MNIST is gray already: the options that make gray copies are unknown there, refused before
+    any data is loaded."""
+    import _knn
+    import knn_mnist
+    monkeypatch.setattr(_knn, "run", lambda *a: pytest.fail("the benchmark ran"))
+    with pytest.raises(SystemExit):
+        knn_mnist.main(argv)
+    assert f"unrecognized arguments: {' '.join(argv)}" in capsys.readouterr().err
+
+
 def test_several_patch_sizes_build_a_union_of_unit_norm_members():
     import _knn
     from sklearn.pipeline import FeatureUnion
