@@ -11,16 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import FeatureUnion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import StageMeter  # noqa: E402
 
-from smt import SMT, HierarchicalSMT  # noqa: E402
+from smt import SMT, GrayView, HierarchicalSMT  # noqa: E402
 from smt.hierarchical import default_second_layer  # noqa: E402
 from smt._device import resolve_device  # noqa: E402
-from smt.augment import add_gray_copies, add_mirrors, to_grayscale  # noqa: E402
+from smt.augment import add_gray_copies, add_mirrors  # noqa: E402
 from smt.knn import StreamingKNN  # noqa: E402
 
 
@@ -77,38 +76,6 @@ class WhitenedPCA:
     def transform(self, x):
         """``x`` of shape (n, D) -> whitened coordinates of shape (n, P), float32."""
         return ((torch.as_tensor(x) - self.mean_) @ self.components_.T) / self.std_
-
-
-class GrayView(TransformerMixin, BaseEstimator):
-    """An ``SMT`` fitted on and applied to the gray copies of RGB images (luma, one channel).
-
-    A union member that sees only the intensity of an image: with a colour member beside it, a
-    reading of grayscale augmentation in which the gray view is a model of its own rather than
-    extra images or extra context of the colour model.
-
-    Parameters
-    ----------
-    smt : SMT
-        Fitted and applied to images of shape (n, H, W), ``to_grayscale(X)[..., 0]``.
-    """
-
-    def __init__(self, smt):
-        self.smt = smt
-
-    def fit(self, X, y=None):
-        self.smt.fit(_luma(X))
-        return self
-
-    def transform(self, X):
-        return self.smt.transform(_luma(X))
-
-    def fit_transform_chunks(self, X, chunk_size=5000):
-        yield from self.smt.fit_transform_chunks(_luma(X), chunk_size=chunk_size)
-
-
-def _luma(X):
-    """The gray copies of RGB images (n, H, W, 3) as one-channel images (n, H, W), same dtype."""
-    return to_grayscale(X)[..., 0]
 
 
 def validation_split(n_images, n_copies, fraction=0.1):
@@ -342,7 +309,7 @@ def _members(model):
     if isinstance(model, HierarchicalSMT):
         return [model.first_, model.second_]
     if isinstance(model, GrayView):
-        return [model.smt]
+        return [model.estimator_]
     return [model] if isinstance(model, SMT) else [m for _, member in model.transformer_list for m in _members(member)]
 
 

@@ -312,7 +312,7 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
     import _knn
     from sklearn.pipeline import FeatureUnion
 
-    from smt import SMT
+    from smt import SMT, GrayView
     from smt.augment import to_grayscale
     rng = np.random.default_rng(2)
     x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
@@ -322,20 +322,20 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
     union = _knn.build_model(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--checkpoint", ckpt]))
     assert isinstance(union, FeatureUnion)
     (_, colour), (name, gray) = union.transformer_list
-    assert isinstance(colour, SMT) and isinstance(gray, _knn.GrayView) and name == "smt1_p3_t0.3_gray"
+    assert isinstance(colour, SMT) and isinstance(gray, GrayView) and name == "smt1_p3_t0.3_gray"
     # the gray member is the model its size alone fits: seed 0, its own checkpoint
-    assert (gray.smt.random_state, gray.smt.checkpoint_path, gray.smt.normalize_output) == (0, ckpt + ".1", True)
+    assert (gray.estimator.random_state, gray.estimator.checkpoint_path, gray.estimator.normalize_output) == (0, ckpt + ".1", True)
     z = np.vstack(list(_knn.fit_transform_chunks(union, x, 25)))
     luma = to_grayscale(x)[..., 0]
     assert luma.shape == (60, 12, 12) and np.array_equal(luma[0], np.rint(x[0] @ [0.299, 0.587, 0.114]))
-    by_hand = SMT(**{**gray.smt.get_params(), "checkpoint_path": None}).fit_transform(luma)
+    by_hand = SMT(**{**gray.estimator.get_params(), "checkpoint_path": None}).fit_transform(luma)
     np.testing.assert_allclose(z[:, colour.n_features_out_:], by_hand, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(_knn.transform_chunks(union, x, 25), z, rtol=1e-5, atol=1e-6)
     with pytest.raises(SystemExit, match=r"--view \(3\) must have one value or the same number"):
         _knn.build_model(ap.parse_args(["--patch-size", "3", "4", "--view", "color", "gray", "gray"]))
     with pytest.raises(SystemExit, match="no --view gray"):
         _knn.build_model(ap.parse_args(["--view", "gray", "--second-layer"]))
-    assert isinstance(_knn.build_model(ap.parse_args(["--view", "gray"])), _knn.GrayView)
+    assert isinstance(_knn.build_model(ap.parse_args(["--view", "gray"])), GrayView)
 
     def load(root, split):
         return (x, y) if split == "train" else (x[:20], y[:20])

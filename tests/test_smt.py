@@ -316,6 +316,48 @@ def test_gray_copies_as_context_only(digits):
     with pytest.raises(ValueError, match="gray_weight=0.3 needs binary codes"):
         small_smt(grayscale_augmentation="context", gray_weight=0.3, coding="threshold", context=1).fit(X)
 
+def test_gray_view_is_an_smt_of_the_luma_and_blind_to_colour(digits):
+    """GrayView fits a clone of its SMT on the luma of RGB images: the same embedding as that SMT
+    fitted by hand on the luma, the same for an image and its gray copy, beside a colour SMT in a
+    FeatureUnion, and seeded, picklable and loud about bad input like any estimator."""
+    import pickle
+
+    from sklearn.exceptions import NotFittedError
+    from sklearn.pipeline import make_union
+
+    from smt import GrayView
+    from smt.augment import to_grayscale, to_luma
+    X = (_tinted(digits[0][:300]) * 255).round().astype(np.uint8)
+    luma = to_luma(X)
+    assert luma.shape == (300, 8, 8) and luma.dtype == np.uint8
+    assert luma[0, 0, 0] == round(X[0, 0, 0] @ np.array([0.299, 0.587, 0.114]))
+    view = GrayView(small_smt(n_atoms=48))
+    z = view.fit_transform(X)
+    assert z.shape == (300, view.n_features_out_) and z.dtype == np.float32
+    assert not hasattr(view.estimator, "components_")  # the parameter is left as given; the clone is fitted
+    by_hand = small_smt(n_atoms=48).fit(luma)
+    np.testing.assert_allclose(z, by_hand.transform(luma), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(view.transform(X), GrayView(small_smt(n_atoms=48)).fit(X).transform(X))
+    # colour-blind: an image and its gray copy have one luma, so one embedding
+    np.testing.assert_array_equal(view.transform(X[:20]), view.transform(to_grayscale(X[:20])))
+    np.testing.assert_allclose(view.transform(torch.as_tensor(X[:20])).numpy(), z[:20], rtol=1e-5, atol=1e-6)
+    chunks = list(GrayView(small_smt(n_atoms=48)).fit_transform_chunks(X, chunk_size=128))
+    assert [len(c) for c in chunks] == [128, 128, 44]
+    np.testing.assert_allclose(np.vstack(chunks), z, rtol=1e-5, atol=1e-6)
+    # beside a colour model: two unit-norm embeddings side by side
+    union = make_union(small_smt(n_atoms=48, normalize_output=True),
+                       GrayView(small_smt(n_atoms=48, normalize_output=True))).fit(X[:200])
+    u = union.transform(X[200:])
+    half = union.transformer_list[0][1].n_features_out_
+    np.testing.assert_allclose(np.linalg.norm(u[:, :half], axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(u[:, half:], axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(union)).transform(X[200:]), u)
+    with pytest.raises(NotFittedError):
+        GrayView(small_smt()).transform(X)
+    with pytest.raises(ValueError, match=r"RGB images of shape \(n, H, W, 3\), got \(300, 8, 8\)"):
+        GrayView(small_smt()).fit(digits[0][:300])
+
+
 def test_add_mirrors_and_to_grayscale():
     from smt.augment import add_mirrors, to_grayscale
     X = np.arange(2 * 2 * 3 * 3, dtype=np.uint8).reshape(2, 2, 3, 3)
