@@ -46,7 +46,8 @@ def test_speed_script_prints_every_table(data_root, capsys):
     out = capsys.readouterr().out
     assert "of the float32 matmul rate" in out and "plain scipy.linalg.eigh" in out
     assert "G pair updates/s" in out and "precision='bf16'" in out
-    assert 0 < result["encode_fraction"] < 2 and result["pair_rate"] > 0 and result["matmul_flops_bf16"] > 0
+    # rates are ratios of two timings: a loaded machine can put either side anywhere, so only their sign is checked
+    assert result["encode_fraction"] > 0 and result["pair_rate"] > 0 and result["matmul_flops_bf16"] > 0
     assert result["encode_gemm_fraction"] > 0 and result["statistics_over_encode"] > 0
     assert 0 <= result["bf16_code_difference"] < 0.05
     assert "bf16 screen" in out and result["knn_screen"]["same_neighbours"]
