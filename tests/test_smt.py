@@ -316,6 +316,7 @@ def test_gray_copies_as_context_only(digits):
     with pytest.raises(ValueError, match="gray_weight=0.3 needs binary codes"):
         small_smt(grayscale_augmentation="context", gray_weight=0.3, coding="threshold", context=1).fit(X)
 
+
 def test_gray_view_is_an_smt_of_the_luma_and_blind_to_colour(digits):
     """GrayView fits a clone of its SMT on the luma of RGB images: the same embedding as that SMT
     fitted by hand on the luma, the same for an image and its gray copy, beside a colour SMT in a
