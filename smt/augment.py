@@ -148,6 +148,13 @@ def to_luma(X):
     -------
     ndarray or torch.Tensor of shape (n, H, W)
         Same type, device and dtype as X (uint8 is rounded).
+
+    Examples
+    --------
+    >>> X = np.zeros((2, 1, 1, 3), dtype=np.uint8); X[..., 0] = 255  # two red pixels
+    >>> L = to_luma(X)
+    >>> L.shape, L.dtype, L[0, 0, 0]
+    ((2, 1, 1), dtype('uint8'), np.uint8(76))
     """
     if not isinstance(X, torch.Tensor):
         X = np.asarray(X)

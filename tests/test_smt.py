@@ -357,6 +357,10 @@ def test_gray_view_is_an_smt_of_the_luma_and_blind_to_colour(digits):
         GrayView(small_smt()).transform(X)
     with pytest.raises(ValueError, match=r"RGB images of shape \(n, H, W, 3\), got \(300, 8, 8\)"):
         GrayView(small_smt()).fit(digits[0][:300])
+    with pytest.raises(TypeError, match="Cannot clone object .*smt.*not implement a 'get_params'"):  # not an estimator
+        GrayView("smt").fit(X)
+    with pytest.raises(ValueError, match="patch_size"):  # the SMT's own checks reach the user
+        GrayView(small_smt(patch_size=9)).fit(X)
 
 
 def test_add_mirrors_and_to_grayscale():
