@@ -45,7 +45,7 @@ except ImportError:  # numba is optional: pip install "sparse-manifold-transform
 from smt._norm import NORM_EPS
 from smt._validation import DEVICE, Integral, Interval, Real, StrOptions, all_finite, check_param, check_params
 
-__all__ = ["PRECISIONS", "StreamingKNN", "knn_accuracy"]
+__all__ = ["PRECISIONS", "StreamingKNN", "ReferenceDensity", "knn_accuracy"]
 
 PRECISIONS = ("float32", "bf16")
 
@@ -316,7 +316,7 @@ class StreamingKNN:
         self._labels = torch.empty((self.n_queries, 0), dtype=torch.int64, device=self.device)
 
     # ------------------------------------------------------------------ #
-    def update(self, reference_chunk: Any, reference_labels: Any) -> None:
+    def update(self, reference_chunk: Any, reference_labels: Any, penalty: Any = None) -> None:
         """Merge one chunk of reference embeddings into the running top-k.
 
         Parameters
@@ -326,6 +326,12 @@ class StreamingKNN:
             global indices are ``n_references, ..., n_references + m - 1``.
         reference_labels : array-like or torch.Tensor of int, shape (m,)
             Non-negative class indices.
+        penalty : array-like or torch.Tensor of float, shape (m,), optional
+            Subtracted from every similarity to each reference: neighbours are
+            ranked, and vote, by ``s_ij - penalty_j``.  With ``beta`` times
+            :class:`ReferenceDensity` this is the reference side of CSLS
+            (hubness reduction); the query side is constant per query and
+            changes no vote.
         """
         refs = _to_float_tensor(reference_chunk, "reference_chunk", self.device)
         m = int(refs.shape[0])
@@ -335,6 +341,13 @@ class StreamingKNN:
                 f"{self.n_features}"
             )
         labels = _to_label_tensor(reference_labels, "reference_labels", m, self.device)
+        if penalty is not None:
+            penalty = _as_tensor(penalty)
+            if penalty.ndim != 1:
+                raise ValueError(f"penalty must be 1-D, one value per reference, got shape {tuple(penalty.shape)}")
+            penalty = _to_float_tensor(penalty[:, None], "penalty", self.device)[:, 0]
+            if penalty.shape[0] != m:
+                raise ValueError(f"penalty has {penalty.shape[0]} values for {m} references")
         if m == 0:
             return
         if self.n_references + m > _MAX_REFERENCES:
@@ -357,13 +370,15 @@ class StreamingKNN:
             stop = min(start + self.query_batch_size, self.n_queries)
             if screen:
                 cand_keys, cand_labels = self._screen(
-                    start, stop, refs, refs_bf16, refs_bf16_norm, refs_bf16_error, global_idx, labels)
+                    start, stop, refs, refs_bf16, refs_bf16_norm, refs_bf16_error, global_idx, labels, penalty)
             else:
                 sims = self._queries[start:stop] @ refs_t                      # (b, m)
+                if penalty is not None:
+                    sims -= penalty
                 cand_keys, cand_labels = self._chunk_topk(sims, global_idx, labels, k_chunk)
                 del sims
                 if self.precision == "bf16":
-                    cand_keys = self._rescored_keys(start, stop, refs, cand_keys)
+                    cand_keys = self._rescored_keys(start, stop, refs, cand_keys, penalty)
             keys = torch.cat([self._keys[start:stop], cand_keys], dim=1)
             top_keys, pos = torch.topk(keys, k_new, dim=1, largest=True, sorted=True)
             new_keys[start:stop] = top_keys
@@ -382,7 +397,7 @@ class StreamingKNN:
     def _screen(
         self, start: int, stop: int, refs: torch.Tensor, refs_bf16: torch.Tensor,
         refs_bf16_norm: torch.Tensor, refs_bf16_error: torch.Tensor,
-        global_idx: torch.Tensor, labels: torch.Tensor,
+        global_idx: torch.Tensor, labels: torch.Tensor, penalty: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate keys of queries ``start:stop`` from one chunk, screened in bf16.
 
@@ -413,9 +428,13 @@ class StreamingKNN:
         # s_ij >= L_i  implies  out_ij + error_ij >= L_i - c_i
         need = (bar - c.float())[:, None] - self._queries_bf16_error[start:stop, None] - accumulation
         out.add_(out.abs().mul_(_BF16_OUTPUT_ERROR)).add_(q_norm * refs_bf16_error)
+        if penalty is not None:  # s_ij - p_j >= L_i: the bar moves by p_j, the error bound does not
+            need = need + penalty
         rows, cols = (out >= need).nonzero(as_tuple=True)  # row-major: each query's pairs together
         del out
         sims = _rescore(self._queries[start:stop], refs, rows, cols)
+        if penalty is not None:
+            sims -= penalty[cols]
         self.n_rescored += int(rows.shape[0])
         counts = torch.bincount(rows, minlength=b)
         width = max(int(counts.max()) if b else 0, 1)
@@ -431,7 +450,7 @@ class StreamingKNN:
         return keys, cand_labels
 
     def _rescored_keys(self, start: int, stop: int, refs: torch.Tensor,
-                       keys: torch.Tensor) -> torch.Tensor:
+                       keys: torch.Tensor, penalty: torch.Tensor | None = None) -> torch.Tensor:
         """``keys`` (of this chunk's references) with their similarities rescored like the screen's.
 
         Every similarity the bf16 path keeps then comes from one arithmetic, so duplicated
@@ -439,7 +458,10 @@ class StreamingKNN:
         """
         _, idx = _decode(keys)
         rows = torch.arange(stop - start, device=self.device).repeat_interleave(keys.shape[1])
-        sims = _rescore(self._queries[start:stop], refs, rows, idx.reshape(-1) - self.n_references)
+        cols = idx.reshape(-1) - self.n_references
+        sims = _rescore(self._queries[start:stop], refs, rows, cols)
+        if penalty is not None:
+            sims -= penalty[cols]
         return _encode(sims.reshape(keys.shape), idx)
 
     @staticmethod
@@ -601,6 +623,85 @@ class StreamingKNN:
             correct = rank < min(int(t), n_classes)
             out[f"top{int(t)}"] = 100.0 * float(correct.sum()) / self.n_queries
         return out
+
+
+class ReferenceDensity:
+    """Mean cosine similarity of each reference to its ``k`` most similar probes.
+
+    The reference side ``r_T`` of CSLS (cross-domain similarity local scaling,
+    Conneau et al., ICLR 2018): references in dense regions ("hubs") are near
+    many queries and win votes they do not deserve; ranking by
+    ``s_ij - beta * r_j`` (:meth:`StreamingKNN.update`'s ``penalty``) evens
+    that out.  The probes are unlabelled embeddings drawn like the queries,
+    e.g. held-out training images: no label is read.  They are normalised and
+    held once; each call scores one chunk of references, so the densities of a
+    streamed reference set are computed beside the :class:`StreamingKNN`.
+
+    Parameters
+    ----------
+    probes : array-like or torch.Tensor, shape (n_probes, n_features)
+        Need not be normalised.
+    k : int, default 10
+        Probes averaged per reference (at most ``n_probes``).
+    precision : {"float32", "bf16"}, default "float32"
+        Of the held probes and the similarity GEMM (bf16: about 0.4 % error on
+        each similarity of the mean, half the memory).
+    device : str or torch.device, default "auto"
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> density = ReferenceDensity(np.array([[1.0, 0.0], [0.8, 0.6]]), k=1, device="cpu")
+    >>> density(np.array([[1.0, 0.0], [0.0, 2.0]])).tolist()
+    [1.0, 0.6000000238418579]
+    >>> density(np.array([[1.0, 0.0]]), exclude=np.array([[True], [False]])).tolist()
+    [0.800000011920929]
+    """
+
+    def __init__(self, probes: Any, *, k: int = 10, precision: str = "float32",
+                 device: str | torch.device | None = "auto") -> None:
+        self.k = int(check_param("k", k, [Interval(Integral, 1, None, closed="left")], "ReferenceDensity"))
+        self.precision = check_param("precision", precision, _PARAMS["precision"], "ReferenceDensity")
+        self.device = resolve_device(check_param("device", device, DEVICE, "ReferenceDensity"))
+        p = _to_float_tensor(probes, "probes", self.device)
+        if p.shape[0] == 0:
+            raise ValueError("probes is empty")
+        p = p / torch.linalg.vector_norm(p, dim=1, keepdim=True).clamp_min(NORM_EPS)
+        self._probes = p.bfloat16() if precision == "bf16" else p
+        self.n_probes, self.n_features = map(int, p.shape)
+
+    def __call__(self, references: Any, exclude: Any = None) -> torch.Tensor:
+        """Densities of one chunk of references.
+
+        Parameters
+        ----------
+        references : array-like or torch.Tensor, shape (m, n_features)
+            Need not be normalised.
+        exclude : array-like or torch.Tensor of bool, shape (n_probes, m), optional
+            Pairs left out, e.g. a probe and its own image or mirror among the references
+            (a reference left with fewer than ``k`` probes: the mean of those left).
+
+        Returns
+        -------
+        torch.Tensor of float32, shape (m,), on ``device``
+        """
+        r = _to_float_tensor(references, "references", self.device)
+        if r.shape[1] != self.n_features:
+            raise ValueError(f"references have {r.shape[1]} features but the probes have {self.n_features}")
+        r = r / torch.linalg.vector_norm(r, dim=1, keepdim=True).clamp_min(NORM_EPS)
+        sims = (self._probes @ r.to(self._probes.dtype).T).float()
+        if exclude is not None:
+            mask = _as_tensor(exclude).to(self.device)
+            if mask.dtype != torch.bool or tuple(mask.shape) != tuple(sims.shape):
+                raise ValueError(f"exclude must be a boolean array of shape {tuple(sims.shape)} "
+                                 f"(probes, references), got {mask.dtype} {tuple(mask.shape)}")
+            sims.masked_fill_(mask, -float("inf"))
+        top = torch.topk(sims, min(self.k, self.n_probes), dim=0).values
+        kept = torch.isfinite(top)
+        n_kept = kept.sum(0)
+        if not bool((n_kept > 0).all()):
+            raise ValueError("a reference has no probe left after exclude")
+        return torch.where(kept, top, 0.0).sum(0) / n_kept
 
 
 # --------------------------------------------------------------------------- #

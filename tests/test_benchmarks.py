@@ -346,3 +346,47 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
     row = json.loads((tmp_path / "r.jsonl").read_text())
     assert row["n_features_out"] == 2 * 3 * 3 * 4 and len(row["fit_stats"]) == 2
     assert "views ['color', 'gray']" in capsys.readouterr().out
+
+
+def test_hub_penalty_is_csls_with_the_validation_images_as_probes():
+    """--hub-penalty BETA: the benchmark's top-1 is the kNN of s_ij - BETA * r_j, with r_j the mean
+    of training image j's 10 best cosines to the probes (the last 10 % of the originals), a probe's
+    own image and its mirror left out; BETA 0 is the plain protocol."""
+    import _knn
+    from smt import SMT
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
+    x_test = (rng.random((40, 12, 12, 3)) * 255).astype(np.uint8)
+    y = np.arange(60) % 3
+
+    def load(root, split):
+        return (x, y) if split == "train" else (x_test, y[:40])
+    opts = ["--patch-size", "3", "--flips", "--chunk-size", "25", "--knn-precision", "float32", "--k", "5"]
+    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
+    plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
+    assert _knn.run(ap.parse_args(opts + ["--hub-penalty", "0"]), load, "made-up", "-") == plain
+    hub = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0.7"]), load, "made-up", "-")
+
+    # by hand, from the same model's embeddings
+    xm = np.concatenate([x, x[:, :, ::-1]]); ym = np.concatenate([y, y])
+    model = SMT(**_knn.smt_params(ap.parse_args(opts))).fit(xm)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    train, test = unit(model.transform(xm).astype(np.float64)), unit(model.transform(x_test).astype(np.float64))
+    probes = np.arange(54, 60)
+    cos = train[probes] @ train.T
+    cos[np.arange(6), probes] = cos[np.arange(6), probes + 60] = -np.inf
+    # 6 probes: k = 10 takes every probe left (5 for a probe's own image and its mirror)
+    density = np.array([c[np.isfinite(c)].mean() for c in cos.T])
+    scores = test @ train.T - 0.7 * density
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    w = np.exp((np.take_along_axis(scores, top, 1) - scores.max(1, keepdims=True)) / 0.03)
+    votes = np.stack([(w * (ym[top] == c)).sum(1) for c in range(3)], 1)
+    assert hub["top1"] == pytest.approx(100 * np.mean(votes.argmax(1) == y[:40]))
+    assert hub["top1"] != plain["top1"] or hub["top5"] != plain["top5"]
+
+
+def test_hub_penalty_refuses_a_negative_beta(capsys):
+    import _knn
+    with pytest.raises(SystemExit):
+        _knn.parser("").parse_args(["--hub-penalty", "-1"])
+    assert "-1.0 is not at least 0" in capsys.readouterr().err

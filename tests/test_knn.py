@@ -474,3 +474,89 @@ def test_nan_in_any_block_of_rows_is_found(monkeypatch):
     knn = StreamingKNN(np.ones((3, 4)), device="cpu")
     with pytest.raises(ValueError, match="reference_chunk holds finite values beyond float32"):
         knn.update(np.vstack([np.ones((4, 4)), [[1e39, 0, 0, 0]]]), np.zeros(5, dtype=int))
+
+
+# --------------------------------------------------------------------------- #
+# Hubness reduction: ReferenceDensity and update(..., penalty=)
+# --------------------------------------------------------------------------- #
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_reference_density_is_the_mean_of_each_references_k_best_probe_cosines():
+    from smt.knn import ReferenceDensity
+    rng = np.random.default_rng(0)
+    probes, refs = rng.normal(size=(40, 8)), rng.normal(size=(25, 8)) * 3.0
+    cos = _unit(probes) @ _unit(refs).T
+    exclude = rng.random(cos.shape) < 0.3
+    expected = np.sort(np.where(exclude, -np.inf, cos), axis=0)[::-1][:5].mean(0)
+    density = ReferenceDensity(probes, k=5, device="cpu")
+    np.testing.assert_allclose(density(refs, exclude).numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(density(refs).numpy(), np.sort(cos, axis=0)[::-1][:5].mean(0), atol=1e-6)
+    # k beyond the probes: the mean of all of them; bf16 within its rounding
+    np.testing.assert_allclose(ReferenceDensity(probes, k=99, device="cpu")(refs).numpy(), cos.mean(0), atol=1e-6)
+    bf16 = ReferenceDensity(torch.as_tensor(probes), k=5, precision="bf16", device="cpu")
+    np.testing.assert_allclose(bf16(refs).numpy(), np.sort(cos, axis=0)[::-1][:5].mean(0), atol=1e-2)
+
+
+def test_reference_density_refuses_bad_input_by_name():
+    from smt.knn import ReferenceDensity
+    density = ReferenceDensity(np.eye(3), k=2, device="cpu")
+    with pytest.raises(ValueError, match="references have 2 features but the probes have 3"):
+        density(np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"exclude must be a boolean array of shape \(3, 4\)"):
+        density(np.ones((4, 3)), exclude=np.zeros((4, 3), bool))
+    with pytest.raises(ValueError, match="a reference has no probe left after exclude"):
+        density(np.ones((2, 3)), exclude=np.array([[True, False], [True, True], [True, False]]))
+    # fewer than k left: the mean of those left
+    assert density(np.eye(3)[:1], exclude=np.array([[True], [True], [False]])).tolist() == [0.0]
+    with pytest.raises(ValueError, match="probes is empty"):
+        ReferenceDensity(np.ones((0, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        ReferenceDensity(np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="k"):
+        ReferenceDensity(np.eye(3), k=0)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_penalty_ranks_and_votes_by_the_penalised_similarity(digit_embeddings, precision):
+    """Streamed in chunks (so the bf16 screen runs), the neighbours are the brute-force top-k of
+    s - p, and the votes use s - p."""
+    z, y = digit_embeddings
+    queries, refs, labels = z[:200], z[200:], y[200:]
+    penalty = np.random.default_rng(0).uniform(0.0, 0.3, len(refs)).astype(np.float32)
+    knn = StreamingKNN(queries, k=10, device="cpu", precision=precision)
+    for start in range(0, len(refs), 100):
+        knn.update(refs[start:start + 100], labels[start:start + 100], penalty[start:start + 100])
+    scores = _unit(queries.astype(np.float64)) @ _unit(refs.astype(np.float64)).T - penalty
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    sims, nb_labels, idx = knn.neighbors()
+    np.testing.assert_array_equal(idx.numpy(), order)
+    np.testing.assert_allclose(sims.numpy(), np.take_along_axis(scores, order, 1), atol=1e-6)
+    np.testing.assert_array_equal(nb_labels.numpy(), labels[order])
+    # the penalty changes the neighbours of this data: it is not ignored
+    plain = _streamed(queries, refs, labels, precision, chunk=100, k=10)
+    assert not torch.equal(plain.neighbors()[2], idx)
+
+
+def test_penalty_by_hand_turns_the_vote():
+    """Query along +x: without a penalty the 0-degree reference (class 0) wins; a penalty of 0.5
+    on it leaves the 30-degree one (class 1, cosine 0.87) ahead."""
+    knn = StreamingKNN(QUERY, k=1, device="cpu")
+    knn.update(REFS[:2], REF_LABELS[:2], penalty=np.array([0.5, 0.0]))
+    assert knn.predict().tolist() == [1]
+    assert knn.neighbors()[0].item() == pytest.approx(math.sqrt(3) / 2, abs=1e-6)
+    plain = StreamingKNN(QUERY, k=1, device="cpu")
+    plain.update(REFS[:2], REF_LABELS[:2])
+    assert plain.predict().tolist() == [0]
+
+
+def test_penalty_of_the_wrong_shape_or_with_nan_is_refused():
+    knn = StreamingKNN(QUERY, k=1, device="cpu")
+    with pytest.raises(ValueError, match="penalty has 3 values for 2 references"):
+        knn.update(REFS[:2], REF_LABELS[:2], penalty=np.zeros(3))
+    with pytest.raises(ValueError, match="penalty must be 1-D"):
+        knn.update(REFS[:2], REF_LABELS[:2], penalty=np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="NaN"):
+        knn.update(REFS[:2], REF_LABELS[:2], penalty=np.array([0.0, np.nan]))
+    assert knn.n_references == 0
