@@ -495,7 +495,8 @@ def run(args, load, name, paper):
     for m in members:
         print(json.dumps({k: round(v, 3) for k, v in m.fit_stats_.items()}))
     print(meter.table())
-    print(f"top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}   (paper: {paper})")
+    hub = f", hub-reduced kNN at beta {args.hub_penalty}: not the paper's protocol" if args.hub_penalty else ""
+    print(f"top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}   (paper: {paper}{hub})")
     if acc["top1_k20_t0.07"] is not None:
         print(f"top-1 with solo-learn's k 20, T 0.07: {acc['top1_k20_t0.07']:.2f}")
     if post is not None:

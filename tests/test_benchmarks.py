@@ -348,7 +348,7 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
     assert "views ['color', 'gray']" in capsys.readouterr().out
 
 
-def test_hub_penalty_is_csls_with_the_validation_images_as_probes():
+def test_hub_penalty_is_csls_with_the_validation_images_as_probes(capsys):
     """--hub-penalty BETA: the benchmark's top-1 is the kNN of s_ij - BETA * r_j, with r_j the mean
     of training image j's 10 best cosines to the probes (the last 10 % of the originals), a probe's
     own image and its mirror left out; BETA 0 is the plain protocol."""
@@ -365,7 +365,9 @@ def test_hub_penalty_is_csls_with_the_validation_images_as_probes():
     ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
     plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
     assert _knn.run(ap.parse_args(opts + ["--hub-penalty", "0"]), load, "made-up", "-") == plain
+    capsys.readouterr()
     hub = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0.7"]), load, "made-up", "-")
+    assert "hub-reduced kNN at beta 0.7: not the paper's protocol" in capsys.readouterr().out
 
     # by hand, from the same model's embeddings
     xm = np.concatenate([x, x[:, :, ::-1]]); ym = np.concatenate([y, y])
