@@ -172,6 +172,12 @@ def _rescore(queries: torch.Tensor, refs: torch.Tensor, rows: torch.Tensor,
     return sims
 
 
+def _unit_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Unit rows of ``x`` (``F.normalize``'s arithmetic: zero rows stay zero), in place if asked."""
+    norm = torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True).clamp_min_(NORM_EPS)
+    return x.div_(norm) if inplace else x / norm
+
+
 def _bf16_copy(x: torch.Tensor, bias_column: bool = False) -> torch.Tensor:
     """bfloat16 copy of rows ``x`` (n, d), shape (n, d + pad) with ``d + pad`` a multiple of
     ``_BF16_ALIGN`` and zeros after column ``d - 1`` (column ``d`` holds 1 when ``bias_column``)."""
@@ -390,9 +396,8 @@ class StreamingKNN:
         self.classes_ = torch.unique(torch.cat([self.classes_, labels]))
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit rows of ``x`` (``F.normalize``'s arithmetic); in place when ``copy`` is False."""
-        norm = torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True).clamp_min_(NORM_EPS)
-        return x / norm if self.copy else x.div_(norm)
+        """Unit rows of ``x``; in place when ``copy`` is False."""
+        return _unit_rows(x, inplace=not self.copy)
 
     def _screen(
         self, start: int, stop: int, refs: torch.Tensor, refs_bf16: torch.Tensor,
@@ -660,13 +665,13 @@ class ReferenceDensity:
 
     def __init__(self, probes: Any, *, k: int = 10, precision: str = "float32",
                  device: str | torch.device | None = "auto") -> None:
-        self.k = int(check_param("k", k, [Interval(Integral, 1, None, closed="left")], "ReferenceDensity"))
+        self.k = int(check_param("k", k, _PARAMS["k"], "ReferenceDensity"))
         self.precision = check_param("precision", precision, _PARAMS["precision"], "ReferenceDensity")
         self.device = resolve_device(check_param("device", device, DEVICE, "ReferenceDensity"))
         p = _to_float_tensor(probes, "probes", self.device)
         if p.shape[0] == 0:
             raise ValueError("probes is empty")
-        p = p / torch.linalg.vector_norm(p, dim=1, keepdim=True).clamp_min(NORM_EPS)
+        p = _unit_rows(p)
         self._probes = p.bfloat16() if precision == "bf16" else p
         self.n_probes, self.n_features = map(int, p.shape)
 
@@ -688,7 +693,7 @@ class ReferenceDensity:
         r = _to_float_tensor(references, "references", self.device)
         if r.shape[1] != self.n_features:
             raise ValueError(f"references have {r.shape[1]} features but the probes have {self.n_features}")
-        r = r / torch.linalg.vector_norm(r, dim=1, keepdim=True).clamp_min(NORM_EPS)
+        r = _unit_rows(r)
         sims = (self._probes @ r.to(self._probes.dtype).T).float()
         if exclude is not None:
             mask = _as_tensor(exclude).to(self.device)
