@@ -70,14 +70,14 @@ _BF16_ALIGN = 64  # the screen's GEMM width is padded to a multiple of this
 # --------------------------------------------------------------------------- #
 # Input helpers
 # --------------------------------------------------------------------------- #
-def _as_tensor(x: Any) -> torch.Tensor:
+def _as_tensor(x: Any, name: str = "input") -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         if x.is_meta:
             raise ValueError("a tensor on torch's meta device holds no values: pass one with data")
         return x.detach()
     arr = np.asarray(x)
-    if arr.dtype == object:
-        raise TypeError("expected a numeric array, got dtype object")
+    if arr.dtype.kind not in "biufc":  # object, strings, dates: torch's own error would not name the input
+        raise TypeError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
     if not arr.flags.writeable:  # e.g. a read-only memmap slice; avoids torch's warning
         arr = arr.copy()
     return torch.as_tensor(arr)
@@ -85,7 +85,7 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 def _to_float_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
     """Cast ``x`` (numpy / torch / array-like) to a 2-D float32 tensor on ``device``."""
-    t = _as_tensor(x)
+    t = _as_tensor(x, name)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}")
     if t.is_complex():
@@ -103,7 +103,7 @@ def _to_label_tensor(y: Any, name: str, n: int, device: torch.device) -> torch.T
     """Cast labels to a 1-D int64 tensor of length ``n`` on ``device``."""
     if y is None:
         raise ValueError(f"{name} is required")
-    t = _as_tensor(y)
+    t = _as_tensor(y, name)
     if t.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
     if t.shape[0] != n:
@@ -348,7 +348,7 @@ class StreamingKNN:
             )
         labels = _to_label_tensor(reference_labels, "reference_labels", m, self.device)
         if penalty is not None:
-            penalty = _as_tensor(penalty)
+            penalty = _as_tensor(penalty, "penalty")
             if penalty.ndim != 1:
                 raise ValueError(f"penalty must be 1-D, one value per reference, got shape {tuple(penalty.shape)}")
             penalty = _to_float_tensor(penalty[:, None], "penalty", self.device)[:, 0]
@@ -696,7 +696,7 @@ class ReferenceDensity:
         r = _unit_rows(r)
         sims = (self._probes @ r.to(self._probes.dtype).T).float()
         if exclude is not None:
-            mask = _as_tensor(exclude).to(self.device)
+            mask = _as_tensor(exclude, "exclude").to(self.device)
             if mask.dtype != torch.bool or tuple(mask.shape) != tuple(sims.shape):
                 raise ValueError(f"exclude must be a boolean array of shape {tuple(sims.shape)} "
                                  f"(probes, references), got {mask.dtype} {tuple(mask.shape)}")

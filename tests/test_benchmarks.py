@@ -387,8 +387,11 @@ def test_hub_penalty_is_csls_with_the_validation_images_as_probes(capsys):
     assert hub["top1"] != plain["top1"] or hub["top5"] != plain["top5"]
 
 
-def test_hub_penalty_refuses_a_negative_beta(capsys):
+def test_hub_penalty_refuses_a_negative_or_non_numeric_beta(capsys):
     import _knn
     with pytest.raises(SystemExit):
         _knn.parser("").parse_args(["--hub-penalty", "-1"])
     assert "-1.0 is not at least 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _knn.parser("").parse_args(["--hub-penalty", "strong"])
+    assert "not a number: 'strong'" in capsys.readouterr().err

@@ -516,6 +516,12 @@ def test_reference_density_refuses_bad_input_by_name():
         ReferenceDensity(np.array([[np.nan, 1.0]]))
     with pytest.raises(ValueError, match="k"):
         ReferenceDensity(np.eye(3), k=0)
+    with pytest.raises(ValueError, match="k must be an int"):
+        ReferenceDensity(np.eye(3), k="3")
+    with pytest.raises(ValueError, match="precision must be a str among"):
+        ReferenceDensity(np.eye(3), precision="fp8")
+    with pytest.raises(TypeError, match="probes: expected a numeric array"):
+        ReferenceDensity([["a", "b"]])
 
 
 @pytest.mark.parametrize("precision", ["float32", "bf16"])
@@ -559,4 +565,6 @@ def test_penalty_of_the_wrong_shape_or_with_nan_is_refused():
         knn.update(REFS[:2], REF_LABELS[:2], penalty=np.zeros((2, 1)))
     with pytest.raises(ValueError, match="NaN"):
         knn.update(REFS[:2], REF_LABELS[:2], penalty=np.array([0.0, np.nan]))
+    with pytest.raises(TypeError, match="penalty: expected a numeric array, got dtype <U"):
+        knn.update(REFS[:2], REF_LABELS[:2], penalty=["a", "b"])
     assert knn.n_references == 0
