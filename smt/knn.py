@@ -30,6 +30,7 @@ the shapes); neighbours and predictions change only for pairs that close.
 
 from __future__ import annotations
 
+import copy as _copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -306,10 +307,6 @@ class StreamingKNN:
         self._queries = self._normalized(q)
         del q
         self.n_queries, self.n_features = map(int, self._queries.shape)
-        self.n_references = 0
-        self.n_classes_seen = 0
-        self.classes_ = torch.empty(0, dtype=torch.int64, device=self.device)
-        self.n_rescored = 0
         if precision == "bf16":
             # Only the roundings' norms and errors are kept: _screen rounds each query batch again,
             # which costs what copying a kept bf16 copy cost, and saves 2 bytes per query value
@@ -317,9 +314,33 @@ class StreamingKNN:
             parts = [_bf16_rows(self._queries[i:i + 1024])[1:] for i in range(0, self.n_queries, 1024)]
             self._queries_bf16_norm = torch.cat([norm for norm, _ in parts])
             self._queries_bf16_error = torch.cat([error for _, error in parts])
+        self._clear()
+
+    def _clear(self) -> None:
+        """No reference streamed yet."""
+        self.n_references = 0
+        self.n_classes_seen = 0
+        self.classes_ = torch.empty(0, dtype=torch.int64, device=self.device)
+        self.n_rescored = 0
         # running top-k, sorted by (similarity desc, global index asc)
         self._keys = torch.empty((self.n_queries, 0), dtype=torch.int64, device=self.device)
         self._labels = torch.empty((self.n_queries, 0), dtype=torch.int64, device=self.device)
+
+    def sharing_queries(self, *, k: int | None = None, temperature: float | None = None) -> "StreamingKNN":
+        """A new kNN of the same queries, with no reference streamed yet.
+
+        The normalised queries are shared, not copied, so several kNNs of one
+        query set (one per ``penalty`` of :meth:`update`, say) hold it once.
+        ``k`` and ``temperature`` default to this kNN's; device, batch size
+        and precision are this kNN's.
+        """
+        k = self.k if k is None else k
+        temperature = self.temperature if temperature is None else temperature
+        _check_k_temperature(k, temperature, "StreamingKNN.sharing_queries")
+        twin = _copy.copy(self)  # shallow: the query tensors are shared
+        twin.k, twin.temperature = int(k), float(temperature)
+        twin._clear()
+        return twin
 
     # ------------------------------------------------------------------ #
     def update(self, reference_chunk: Any, reference_labels: Any, penalty: Any = None) -> None:

@@ -387,6 +387,57 @@ def test_hub_penalty_is_csls_with_the_validation_images_as_probes(capsys):
     assert hub["top1"] != plain["top1"] or hub["top5"] != plain["top5"]
 
 
+def test_several_hub_penalties_choose_beta_k_and_temperature_on_the_validation_split(capsys, tmp_path):
+    """--hub-penalty 0 0.7: each beta's test top-1 is the single-beta run's, and (beta, k, T) is the
+    best of the grid on the validation split (the last 10 % of the originals as queries against the
+    other images and their mirrors; ties: smaller beta, k, larger T), computed here by hand."""
+    import _knn
+    from smt import SMT
+    rng = np.random.default_rng(1)
+    x = (rng.random((80, 12, 12, 3)) * 255).astype(np.uint8)
+    x_test = (rng.random((30, 12, 12, 3)) * 255).astype(np.uint8)
+    y = np.arange(80) % 3
+
+    def load(root, split):
+        return (x, y) if split == "train" else (x_test, y[:30])
+    opts = ["--patch-size", "3", "--flips", "--chunk-size", "35", "--knn-precision", "float32", "--k", "5",
+            "--k-grid", "1", "3", "5", "--t-grid", "0.03", "0.3"]
+    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
+    plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
+    single = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0.7"]), load, "made-up", "-")
+    capsys.readouterr()
+    both = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0", "0.7", "--json", str(tmp_path / "r.jsonl")]),
+                    load, "made-up", "-")
+    out = capsys.readouterr().out
+    assert both["top1"] == plain["top1"] and both["top5"] == plain["top5"]
+    h = both["hub_penalty"]
+    assert h["betas"] == [0.0, 0.7] and h["top1"] == [plain["top1"], single["top1"]]
+    assert "hub penalty beta (0: the paper's kNN)" in out and f"test top-1 {h['top1_chosen']:.2f}" in out
+    assert json.loads((tmp_path / "r.jsonl").read_text())["hub_penalty"] == h
+
+    xm = np.concatenate([x, x[:, :, ::-1]]); ym = np.concatenate([y, y])
+    model = SMT(**_knn.smt_params(ap.parse_args(opts))).fit(xm)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    train, test = unit(model.transform(xm).astype(np.float64)), unit(model.transform(x_test).astype(np.float64))
+    probes = np.arange(72, 80)
+    cos = train[probes] @ train.T
+    cos[np.arange(8), probes] = cos[np.arange(8), probes + 80] = -np.inf
+    density = np.array([np.sort(c[np.isfinite(c)])[-10:].mean() for c in cos.T])
+    refs = np.setdiff1d(np.arange(160), np.concatenate([probes, probes + 80]))
+
+    def top1(sims, labels, truth, k, t):
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        w = np.exp((np.take_along_axis(sims, top, 1) - sims.max(1, keepdims=True)) / t)
+        votes = np.stack([(w * (labels[top] == c)).sum(1) for c in range(3)], 1)
+        return 100 * np.mean(votes.argmax(1) == truth)
+    val = {(b, k, t): top1(cos[:, refs] - b * density[refs], ym[refs], y[probes], k, t)
+           for b in (0.0, 0.7) for k in (1, 3, 5) for t in (0.03, 0.3)}
+    assert h["val_top1"] == pytest.approx([val[0.0, 5, 0.03], val[0.7, 5, 0.03]])
+    (b, k, t), best = max(val.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1], kv[0][2]))
+    assert h["chosen"] == [b, k, t] and h["val_chosen"] == pytest.approx(best)
+    assert h["top1_chosen"] == pytest.approx(top1(test @ train.T - b * density, ym, y[:30], k, t))
+
+
 def test_hub_penalty_refuses_a_negative_or_non_numeric_beta(capsys):
     import _knn
     with pytest.raises(SystemExit):

@@ -568,3 +568,29 @@ def test_penalty_of_the_wrong_shape_or_with_nan_is_refused():
     with pytest.raises(TypeError, match="penalty: expected a numeric array, got dtype <U"):
         knn.update(REFS[:2], REF_LABELS[:2], penalty=["a", "b"])
     assert knn.n_references == 0
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_sharing_queries_gives_an_independent_knn_over_the_same_unit_queries(digit_embeddings, precision):
+    """A kNN from sharing_queries holds no second copy of the queries, starts empty, and streams to
+    the same neighbours as a kNN built from the queries; the first kNN is left as it was."""
+    z, y = digit_embeddings
+    queries, refs, labels = z[:200], z[200:], y[200:]
+    penalty = np.random.default_rng(1).uniform(0.0, 0.3, len(refs)).astype(np.float32)
+    first = _streamed(queries, refs[:300], labels[:300], precision, chunk=100, k=10)
+    before = first.neighbors()
+    twin = first.sharing_queries(k=7, temperature=0.1)
+    assert twin._queries is first._queries
+    assert (twin.k, twin.temperature, twin.n_references, twin.precision) == (7, 0.1, 0, precision)
+    with pytest.raises(ValueError, match="reference set is empty"):
+        twin.predict()
+    alone = StreamingKNN(queries, k=7, temperature=0.1, device="cpu", precision=precision)
+    for knn in (twin, alone):
+        for start in range(0, len(refs), 100):
+            knn.update(refs[start:start + 100], labels[start:start + 100], penalty[start:start + 100])
+    assert all(torch.equal(a, b) for a, b in zip(twin.neighbors(), alone.neighbors()))
+    assert torch.equal(twin.predict(), alone.predict())
+    assert first.n_references == 300 and all(torch.equal(a, b) for a, b in zip(first.neighbors(), before))
+    assert first.sharing_queries().k == 10
+    with pytest.raises(ValueError, match="k"):
+        first.sharing_queries(k=0)
