@@ -750,6 +750,7 @@ def knn_accuracy(
     batch_size: int = 8192,
     query_batch_size: int = 1024,
     precision: str = "float32",
+    penalty: Any = None,
 ) -> dict[str, float]:
     """Weighted-kNN top-k accuracy of ``test`` against the reference set ``train``.
 
@@ -760,7 +761,8 @@ def knn_accuracy(
         ``batch_size`` rows at a time.  Anything else must be an iterable of
         ``(embeddings_chunk, labels_chunk)`` pairs with shapes
         ``(m_i, n_features)`` and ``(m_i,)``, e.g. a generator that computes
-        train embeddings chunk by chunk; then ``train_labels`` must be None.
+        train embeddings chunk by chunk; then ``train_labels`` must be None,
+        and an item may carry a third entry, that chunk's ``penalty``.
     train_labels : array-like of int, shape (n_train,), or None
     test : array-like or torch.Tensor, shape (n_test, n_features)
     test_labels : array-like of int, shape (n_test,)
@@ -773,6 +775,10 @@ def knn_accuracy(
         Test rows compared with a chunk at once.
     precision : {"float32", "bf16"}, default "float32"
         See :class:`StreamingKNN`; both give the float32 neighbours.
+    penalty : array-like of float, shape (n_train,), optional
+        Rank and vote by ``s_ij - penalty_j`` (:meth:`StreamingKNN.update`),
+        e.g. ``beta * ReferenceDensity(probes)(train)`` for the hubness-reduced
+        kNN; only with an array ``train``.  Default: the paper's kNN.
 
     Returns
     -------
@@ -804,21 +810,32 @@ def knn_accuracy(
         n_train = int(train.shape[0])
         if len(train_labels) != n_train:
             raise ValueError(f"train_labels has {len(train_labels)} entries but train has {n_train} rows")
+        if penalty is not None:
+            penalty = _as_tensor(penalty, "penalty")
+            if tuple(penalty.shape) != (n_train,):
+                raise ValueError(f"penalty must have shape ({n_train},), one value per train row, "
+                                 f"got {tuple(penalty.shape)}")
         for start in range(0, n_train, batch_size):
-            knn.update(train[start:start + batch_size], train_labels[start:start + batch_size])
+            knn.update(train[start:start + batch_size], train_labels[start:start + batch_size],
+                       None if penalty is None else penalty[start:start + batch_size])
     else:
         if train_labels is not None:
             raise ValueError(
                 "train_labels must be None when train is an iterable of (embeddings, labels) chunks"
             )
+        if penalty is not None:
+            raise ValueError("penalty is for an array train; an iterable gives each chunk's as a third entry")
         if not isinstance(train, Iterable):
             raise TypeError("train must be an array or an iterable of (embeddings, labels) pairs")
         for item in train:
             try:
-                chunk, chunk_labels = item
+                chunk, chunk_labels, *rest = item
+                if len(rest) > 1:
+                    raise ValueError
             except (TypeError, ValueError):
                 raise TypeError(
-                    "each item of train must be an (embeddings_chunk, labels_chunk) pair"
+                    "each item of train must be an (embeddings_chunk, labels_chunk) pair "
+                    "or an (embeddings_chunk, labels_chunk, penalty_chunk) triple"
                 ) from None
-            knn.update(chunk, chunk_labels)
+            knn.update(chunk, chunk_labels, *rest)
     return knn.accuracy(test_labels, topk=topk)

@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import make_blobs
 from sklearn.neighbors import KNeighborsClassifier
 
-from smt.knn import StreamingKNN, knn_accuracy
+from smt.knn import ReferenceDensity, StreamingKNN, knn_accuracy
 from smt.knn import _decode, _encode
 
 
@@ -484,7 +484,6 @@ def _unit(x):
 
 
 def test_reference_density_is_the_mean_of_each_references_k_best_probe_cosines():
-    from smt.knn import ReferenceDensity
     rng = np.random.default_rng(0)
     probes, refs = rng.normal(size=(40, 8)), rng.normal(size=(25, 8)) * 3.0
     cos = _unit(probes) @ _unit(refs).T
@@ -500,7 +499,6 @@ def test_reference_density_is_the_mean_of_each_references_k_best_probe_cosines()
 
 
 def test_reference_density_refuses_bad_input_by_name():
-    from smt.knn import ReferenceDensity
     density = ReferenceDensity(np.eye(3), k=2, device="cpu")
     with pytest.raises(ValueError, match="references have 2 features but the probes have 3"):
         density(np.ones((4, 2)))
@@ -594,3 +592,25 @@ def test_sharing_queries_gives_an_independent_knn_over_the_same_unit_queries(dig
     assert first.sharing_queries().k == 10
     with pytest.raises(ValueError, match="k"):
         first.sharing_queries(k=0)
+
+
+def test_knn_accuracy_with_a_penalty_is_the_penalised_streaming_knn(digit_embeddings):
+    """knn_accuracy(..., penalty=) scores the kNN of s - p, from an array or from (chunk, labels,
+    penalty) triples, and the hubness-reduced kNN of ReferenceDensity differs from the plain one."""
+    z, y = digit_embeddings
+    queries, q_labels, refs, labels = z[:200], y[:200], z[200:], y[200:]
+    penalty = 0.75 * ReferenceDensity(z[200:300], device="cpu")(refs).numpy()
+    knn = StreamingKNN(queries, device="cpu")
+    knn.update(refs, labels, penalty)
+    expected = knn.accuracy(q_labels)
+    assert knn_accuracy(refs, labels, queries, q_labels, device="cpu", batch_size=128, penalty=penalty) == expected
+    triples = ((refs[s:s + 100], labels[s:s + 100], penalty[s:s + 100]) for s in range(0, len(refs), 100))
+    assert knn_accuracy(triples, None, queries, q_labels, device="cpu") == expected
+    assert knn_accuracy(refs, labels, queries, q_labels, device="cpu", penalty=np.zeros(len(refs))) == \
+        knn_accuracy(refs, labels, queries, q_labels, device="cpu")
+    with pytest.raises(ValueError, match=rf"penalty must have shape \({len(refs)},\)"):
+        knn_accuracy(refs, labels, queries, q_labels, device="cpu", penalty=penalty[:-1])
+    with pytest.raises(ValueError, match="penalty is for an array train"):
+        knn_accuracy(iter([(refs, labels)]), None, queries, q_labels, device="cpu", penalty=penalty)
+    with pytest.raises(TypeError, match="or an \\(embeddings_chunk, labels_chunk, penalty_chunk\\) triple"):
+        knn_accuracy(iter([(refs, labels, penalty, penalty)]), None, queries, q_labels, device="cpu")
