@@ -524,10 +524,10 @@ def run(args, load, name, paper):
             hubs.merge(z, i * chunk)
             if post is not None:
                 post.add(z, z_test)
-        knn = hubs.test[0]
-        acc = knn.accuracy(y_test)
+        knn = hubs.test[0]  # it keeps max(--k-grid) neighbours when (beta, k, T) is chosen: vote with --k
+        acc = knn.accuracy(y_test, k=args.k, temperature=args.temperature)
     # solo-learn's defaults (k 20, T 0.07), for comparison with other tables (spec 10-Q10)
-    acc["top1_k20_t0.07"] = knn.accuracy(y_test, (1,), k=20, temperature=0.07)["top1"] if args.k >= 20 else None
+    acc["top1_k20_t0.07"] = knn.accuracy(y_test, (1,), k=20, temperature=0.07)["top1"] if knn.k >= 20 else None
     if hubs.choose:
         acc["hub_penalty"] = hubs.choice(y_test, probes, args)
     if post is not None:

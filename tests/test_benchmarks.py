@@ -401,7 +401,7 @@ def test_several_hub_penalties_choose_beta_k_and_temperature_on_the_validation_s
     def load(root, split):
         return (x, y) if split == "train" else (x_test, y[:30])
     opts = ["--patch-size", "3", "--flips", "--chunk-size", "35", "--knn-precision", "float32", "--k", "5",
-            "--k-grid", "1", "3", "5", "--t-grid", "0.03", "0.3"]
+            "--k-grid", "1", "3", "7", "--t-grid", "0.03", "0.3"]
     ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
     plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
     single = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0.7"]), load, "made-up", "-")
@@ -409,6 +409,7 @@ def test_several_hub_penalties_choose_beta_k_and_temperature_on_the_validation_s
     both = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0", "0.7", "--json", str(tmp_path / "r.jsonl")]),
                     load, "made-up", "-")
     out = capsys.readouterr().out
+    # the test kNNs keep max(--k-grid) = 7 neighbours; the result line still votes with --k 5
     assert both["top1"] == plain["top1"] and both["top5"] == plain["top5"]
     h = both["hub_penalty"]
     assert h["betas"] == [0.0, 0.7] and h["top1"] == [plain["top1"], single["top1"]]
@@ -431,8 +432,9 @@ def test_several_hub_penalties_choose_beta_k_and_temperature_on_the_validation_s
         votes = np.stack([(w * (labels[top] == c)).sum(1) for c in range(3)], 1)
         return 100 * np.mean(votes.argmax(1) == truth)
     val = {(b, k, t): top1(cos[:, refs] - b * density[refs], ym[refs], y[probes], k, t)
-           for b in (0.0, 0.7) for k in (1, 3, 5) for t in (0.03, 0.3)}
-    assert h["val_top1"] == pytest.approx([val[0.0, 5, 0.03], val[0.7, 5, 0.03]])
+           for b in (0.0, 0.7) for k in (1, 3, 7) for t in (0.03, 0.3)}
+    assert h["val_top1"] == pytest.approx([top1(cos[:, refs] - b * density[refs], ym[refs], y[probes], 5, 0.03)
+                                           for b in (0.0, 0.7)])
     (b, k, t), best = max(val.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1], kv[0][2]))
     assert h["chosen"] == [b, k, t] and h["val_chosen"] == pytest.approx(best)
     assert h["top1_chosen"] == pytest.approx(top1(test @ train.T - b * density, ym, y[:30], k, t))
