@@ -43,12 +43,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from smt.augment import LUMA_WEIGHTS
+
 __all__ = ["TwoViewAugment", "RECIPES", "recipe", "random_resized_crop", "color_jitter", "grayscale",
            "gaussian_blur", "solarize", "normalize", "CIFAR_MEAN", "CIFAR_STD"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as in torchvision's rgb_to_grayscale
 
 
 def _rand(n: int, gen: torch.Generator | None, device, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
@@ -92,7 +93,7 @@ def random_resized_crop(x: torch.Tensor, size: int, scale=(0.08, 1.0), ratio=(3 
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    w = torch.tensor(LUMA_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True)
 
 
