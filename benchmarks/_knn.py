@@ -203,8 +203,9 @@ class _HubKNNs:
             for knn, p in zip(self.val, penalty):
                 knn.update(z[rows], labels[rows], None if p is None else p[torch.as_tensor(rows, device=p.device)])
         for i, (knn, p) in enumerate(zip(self.test, penalty)):
-            # a kNN that does not copy normalises its chunk in place: each but the last gets its own
-            knn.update(z if i == len(self.test) - 1 else torch.as_tensor(z).clone(), labels, p)
+            # a kNN that does not copy normalises its chunk in place: each such but the last gets its own
+            own = knn.copy or i == len(self.test) - 1
+            knn.update(z if own else torch.as_tensor(z).clone(), labels, p)
 
     def choice(self, y_test, probes, args):
         """Test and validation top-1 per beta at the benchmark's k / T, and (beta, k, T) chosen on
