@@ -348,42 +348,66 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
     assert "views ['color', 'gray']" in capsys.readouterr().out
 
 
+_HUB_MODEL = dict(n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
+
+
+def _hub_case(seed, n_train, n_test):
+    """Random 12x12 RGB training and test images, labels ``i % 3``, and a ``load`` for ``_knn.run``."""
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n_train, 12, 12, 3)) * 255).astype(np.uint8)
+    x_test = (rng.random((n_test, 12, 12, 3)) * 255).astype(np.uint8)
+    y = np.arange(n_train) % 3
+
+    def load(root, split):
+        return (x, y) if split == "train" else (x_test, y[:n_test])
+    return x, x_test, y, load
+
+
+def _csls_by_hand(args, x, x_test, y):
+    """The benchmark's model fitted on ``x`` and its mirrors: float64 unit embeddings of those (with
+    their labels) and of ``x_test``, the probes (the last 10 % of the originals), their cosines to
+    every training embedding (a probe's own image and mirror at -inf) and each training embedding's
+    density, the mean of its 10 best cosines to the probes."""
+    import _knn
+    from smt import SMT
+    n = len(x)
+    xm = np.concatenate([x, x[:, :, ::-1]])
+    model = SMT(**_knn.smt_params(args)).fit(xm)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    train, test = unit(model.transform(xm).astype(np.float64)), unit(model.transform(x_test).astype(np.float64))
+    probes = np.arange(n - n // 10, n)
+    cos = train[probes] @ train.T
+    cos[np.arange(len(probes)), probes] = cos[np.arange(len(probes)), probes + n] = -np.inf
+    density = np.array([np.sort(c[np.isfinite(c)])[-10:].mean() for c in cos.T])
+    return train, test, np.concatenate([y, y]), probes, cos, density
+
+
+def _weighted_top1(sims, labels, truth, k, t):
+    """Top-1 (%) of the weighted kNN of similarity rows ``sims``: top ``k`` by ``sims``, votes exp(s / t)."""
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    w = np.exp((np.take_along_axis(sims, top, 1) - sims.max(1, keepdims=True)) / t)
+    votes = np.stack([(w * (labels[top] == c)).sum(1) for c in range(3)], 1)
+    return 100 * np.mean(votes.argmax(1) == truth)
+
+
 def test_hub_penalty_is_csls_with_the_validation_images_as_probes(capsys):
     """--hub-penalty BETA: the benchmark's top-1 is the kNN of s_ij - BETA * r_j, with r_j the mean
     of training image j's 10 best cosines to the probes (the last 10 % of the originals), a probe's
     own image and its mirror left out; BETA 0 is the plain protocol."""
     import _knn
-    from smt import SMT
-    rng = np.random.default_rng(0)
-    x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
-    x_test = (rng.random((40, 12, 12, 3)) * 255).astype(np.uint8)
-    y = np.arange(60) % 3
-
-    def load(root, split):
-        return (x, y) if split == "train" else (x_test, y[:40])
+    x, x_test, y, load = _hub_case(0, 60, 40)
     opts = ["--patch-size", "3", "--flips", "--chunk-size", "25", "--knn-precision", "float32", "--k", "5"]
-    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
+    ap = _knn.parser("", **_HUB_MODEL)
     plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
     assert _knn.run(ap.parse_args(opts + ["--hub-penalty", "0"]), load, "made-up", "-") == plain
     capsys.readouterr()
     hub = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0.7"]), load, "made-up", "-")
     assert "hub-reduced kNN at beta 0.7: not the paper's protocol" in capsys.readouterr().out
 
-    # by hand, from the same model's embeddings
-    xm = np.concatenate([x, x[:, :, ::-1]]); ym = np.concatenate([y, y])
-    model = SMT(**_knn.smt_params(ap.parse_args(opts))).fit(xm)
-    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-    train, test = unit(model.transform(xm).astype(np.float64)), unit(model.transform(x_test).astype(np.float64))
-    probes = np.arange(54, 60)
-    cos = train[probes] @ train.T
-    cos[np.arange(6), probes] = cos[np.arange(6), probes + 60] = -np.inf
-    # 6 probes: k = 10 takes every probe left (5 for a probe's own image and its mirror)
-    density = np.array([c[np.isfinite(c)].mean() for c in cos.T])
-    scores = test @ train.T - 0.7 * density
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
-    w = np.exp((np.take_along_axis(scores, top, 1) - scores.max(1, keepdims=True)) / 0.03)
-    votes = np.stack([(w * (ym[top] == c)).sum(1) for c in range(3)], 1)
-    assert hub["top1"] == pytest.approx(100 * np.mean(votes.argmax(1) == y[:40]))
+    # by hand, from the same model's embeddings; 6 probes: k = 10 takes every probe left (5 for a
+    # probe's own image and its mirror)
+    train, test, ym, _, _, density = _csls_by_hand(ap.parse_args(opts), x, x_test, y)
+    assert hub["top1"] == pytest.approx(_weighted_top1(test @ train.T - 0.7 * density, ym, y[:40], 5, 0.03))
     assert hub["top1"] != plain["top1"] or hub["top5"] != plain["top5"]
 
 
@@ -392,17 +416,10 @@ def test_several_hub_penalties_choose_beta_k_and_temperature_on_the_validation_s
     best of the grid on the validation split (the last 10 % of the originals as queries against the
     other images and their mirrors; ties: smaller beta, k, larger T), computed here by hand."""
     import _knn
-    from smt import SMT
-    rng = np.random.default_rng(1)
-    x = (rng.random((80, 12, 12, 3)) * 255).astype(np.uint8)
-    x_test = (rng.random((30, 12, 12, 3)) * 255).astype(np.uint8)
-    y = np.arange(80) % 3
-
-    def load(root, split):
-        return (x, y) if split == "train" else (x_test, y[:30])
+    x, x_test, y, load = _hub_case(1, 80, 30)
     opts = ["--patch-size", "3", "--flips", "--chunk-size", "35", "--knn-precision", "float32", "--k", "5",
             "--k-grid", "1", "3", "7", "--t-grid", "0.03", "0.3"]
-    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
+    ap = _knn.parser("", **_HUB_MODEL)
     plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
     single = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0.7"]), load, "made-up", "-")
     capsys.readouterr()
@@ -416,28 +433,15 @@ def test_several_hub_penalties_choose_beta_k_and_temperature_on_the_validation_s
     assert "hub penalty beta (0: the paper's kNN)" in out and f"test top-1 {h['top1_chosen']:.2f}" in out
     assert json.loads((tmp_path / "r.jsonl").read_text())["hub_penalty"] == h
 
-    xm = np.concatenate([x, x[:, :, ::-1]]); ym = np.concatenate([y, y])
-    model = SMT(**_knn.smt_params(ap.parse_args(opts))).fit(xm)
-    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-    train, test = unit(model.transform(xm).astype(np.float64)), unit(model.transform(x_test).astype(np.float64))
-    probes = np.arange(72, 80)
-    cos = train[probes] @ train.T
-    cos[np.arange(8), probes] = cos[np.arange(8), probes + 80] = -np.inf
-    density = np.array([np.sort(c[np.isfinite(c)])[-10:].mean() for c in cos.T])
+    train, test, ym, probes, cos, density = _csls_by_hand(ap.parse_args(opts), x, x_test, y)
     refs = np.setdiff1d(np.arange(160), np.concatenate([probes, probes + 80]))
-
-    def top1(sims, labels, truth, k, t):
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        w = np.exp((np.take_along_axis(sims, top, 1) - sims.max(1, keepdims=True)) / t)
-        votes = np.stack([(w * (labels[top] == c)).sum(1) for c in range(3)], 1)
-        return 100 * np.mean(votes.argmax(1) == truth)
-    val = {(b, k, t): top1(cos[:, refs] - b * density[refs], ym[refs], y[probes], k, t)
+    val = {(b, k, t): _weighted_top1(cos[:, refs] - b * density[refs], ym[refs], y[probes], k, t)
            for b in (0.0, 0.7) for k in (1, 3, 7) for t in (0.03, 0.3)}
-    assert h["val_top1"] == pytest.approx([top1(cos[:, refs] - b * density[refs], ym[refs], y[probes], 5, 0.03)
-                                           for b in (0.0, 0.7)])
+    assert h["val_top1"] == pytest.approx(
+        [_weighted_top1(cos[:, refs] - b * density[refs], ym[refs], y[probes], 5, 0.03) for b in (0.0, 0.7)])
     (b, k, t), best = max(val.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1], kv[0][2]))
     assert h["chosen"] == [b, k, t] and h["val_chosen"] == pytest.approx(best)
-    assert h["top1_chosen"] == pytest.approx(top1(test @ train.T - b * density, ym, y[:30], k, t))
+    assert h["top1_chosen"] == pytest.approx(_weighted_top1(test @ train.T - b * density, ym, y[:30], k, t))
 
 
 def test_hub_penalty_refuses_a_negative_or_non_numeric_beta(capsys):
