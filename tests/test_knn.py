@@ -592,6 +592,10 @@ def test_sharing_queries_gives_an_independent_knn_over_the_same_unit_queries(dig
     assert first.sharing_queries().k == 10
     with pytest.raises(ValueError, match="k"):
         first.sharing_queries(k=0)
+    with pytest.raises(ValueError, match="temperature"):
+        first.sharing_queries(temperature=-1.0)
+    with pytest.raises((TypeError, ValueError), match="k"):
+        first.sharing_queries(k="7")
 
 
 def test_knn_accuracy_with_a_penalty_is_the_penalised_streaming_knn(digit_embeddings):
@@ -610,6 +614,8 @@ def test_knn_accuracy_with_a_penalty_is_the_penalised_streaming_knn(digit_embedd
         knn_accuracy(refs, labels, queries, q_labels, device="cpu")
     with pytest.raises(ValueError, match=rf"penalty must have shape \({len(refs)},\)"):
         knn_accuracy(refs, labels, queries, q_labels, device="cpu", penalty=penalty[:-1])
+    with pytest.raises(TypeError, match="penalty: expected a numeric array"):
+        knn_accuracy(refs, labels, queries, q_labels, device="cpu", penalty=["x"] * len(refs))
     with pytest.raises(ValueError, match="penalty is for an array train"):
         knn_accuracy(iter([(refs, labels)]), None, queries, q_labels, device="cpu", penalty=penalty)
     with pytest.raises(TypeError, match="or an \\(embeddings_chunk, labels_chunk, penalty_chunk\\) triple"):
