@@ -18,7 +18,7 @@ from _measure import StageMeter  # noqa: E402
 
 from smt import SMT, GrayView, HierarchicalSMT  # noqa: E402
 from smt.hierarchical import default_second_layer  # noqa: E402
-from smt._device import resolve_device  # noqa: E402
+from smt._device import native_bf16, resolve_device  # noqa: E402
 from smt.augment import add_gray_copies, add_mirrors  # noqa: E402
 from smt.knn import ReferenceDensity, StreamingKNN  # noqa: E402
 
@@ -28,7 +28,8 @@ _OWN = {"random_state": "--seed", "checkpoint_path": "--checkpoint", "grayscale_
         "verbose": None, "patch_size": "--patch-size", "threshold": "--threshold"}
 _HELP = {
     "context": "'image' or a radius in patches",
-    "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32)",
+    "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32; auto: bf16 where the "
+                 "device multiplies bfloat16 in hardware, else float32)",
     "max_coherence": "start the dictionary from patches with pairwise cosines at most this ([A]: 0.35)",
     "keep_statistics": "keep each model's G and M after its solve (only partial_fit reads them; default here: "
                        "dropped, 1 GiB per model at K 8192)",
@@ -423,8 +424,9 @@ def parser(doc, members=None, rgb=True, **defaults):
                     help="with --second-layer: both layers' embeddings (each at unit norm), or the second's")
     ap.add_argument("--second-weight", type=_at_least(float, 0), default=1.0,
                     help="with --second-layer and --second-output both: the second layer's norm")
-    ap.add_argument("--knn-precision", choices=["float32", "bf16"], default="float32",
-                    help="of the kNN's similarity GEMM (bf16: a bf16 screen, the float32 neighbours)")
+    ap.add_argument("--knn-precision", choices=["auto", "float32", "bf16"], default="float32",
+                    help="of the kNN's similarity GEMM (bf16: a bf16 screen, the float32 neighbours; auto: bf16 "
+                         "where the device multiplies bfloat16 in hardware, else float32)")
     if rgb:
         ap.add_argument("--grayscale-aug", nargs="?", const="paired", default=None,
                         choices=["paired", "independent", "context", "copies"],
@@ -465,6 +467,22 @@ def parser(doc, members=None, rgb=True, **defaults):
     return ap
 
 
+def resolve_precisions(args):
+    """Replace ``--precision auto`` and ``--knn-precision auto`` by bf16 where the device multiplies
+    bfloat16 matrices in hardware (AMX or AVX512-BF16 CPUs, CUDA from Ampere) and float32 elsewhere,
+    where PyTorch emulates the bf16 GEMM (100x slower than float32 on an AVX2 CPU). Returns a line
+    that says what was chosen, or None when neither option was auto."""
+    asked = [name for name in ("precision", "knn_precision") if getattr(args, name) == "auto"]
+    if not asked:
+        return None
+    device = resolve_device(args.device)
+    native = native_bf16(device)
+    for name in asked:
+        setattr(args, name, "bf16" if native else "float32")
+    return (f"precision auto on {device}: " + ("bf16 (bfloat16 matrix units)" if native else
+            "float32 (no bfloat16 matrix units: PyTorch would emulate bf16)"))
+
+
 def run(args, load, name, paper):
     """Run the benchmark.
 
@@ -484,6 +502,9 @@ def run(args, load, name, paper):
     dict
         ``{"top1": ..., "top5": ...}``.
     """
+    chosen = resolve_precisions(args)
+    if chosen:
+        print(chosen)
     meter = StageMeter()
     with meter.stage("load"):
         x_train, y_train = load(args.data, "train")

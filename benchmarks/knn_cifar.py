@@ -12,10 +12,11 @@ embeddings concatenated (79.49 at 50k with mirrors, against 78.93 for 6x6 alone,
 alone and 79.14 for two 6x6 models of seeds 0 and 1: "Stop 19", "Stop 20"); a sampled dictionary
 (``--dict-epochs 0``: 65.89 against 65.09 for one epoch of Algorithm 1 at 10k), ``--n-skip 8``, and
 mirrors in the fit and the kNN reference set (``--flips``; ``--no-flips`` for the strict
-no-augmentation protocol). The encode's patch-atom similarities and
-the kNN's screen run in bfloat16 (``--precision bf16 --knn-precision bf16``: the kNN's neighbours
+no-augmentation protocol). Where the device multiplies bfloat16 matrices in hardware (AMX or
+AVX512-BF16 CPUs, CUDA from Ampere) the encode's patch-atom similarities and the kNN's screen run
+in bfloat16 (``--precision auto --knn-precision auto``, printed at the start; the kNN's neighbours
 are the float32 ones, 0.4 % of the (patch, atom) codes differ, top-1 78.93 against 78.92 in
-float32); pass ``--precision float32 --knn-precision float32`` on a CPU without bf16 units.
+float32); elsewhere both run in float32, since an emulated bf16 GEMM is 100x slower (AVX2 CPU).
 
 Cost on 2 CPU cores with bf16 units: the two fits take about 31 min (6x6) and 36 min (4x4),
 mostly their statistics passes. From scratch each member then embeds the training images from the
@@ -56,7 +57,7 @@ PAPER = {("cifar10", False): "81.1", ("cifar10", True): "83.2",
 
 def main(argv=None):
     ap = _knn.parser(__doc__, members=[(6, 0.3), (4, 0.45)], n_atoms=8192, coding="threshold", n_components=384,
-                     context="image", dict_epochs=0, n_skip=8, flips=True, precision="bf16", knn_precision="bf16")
+                     context="image", dict_epochs=0, n_skip=8, flips=True, precision="auto", knn_precision="auto")
     ap.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
     ap.add_argument("--label-type", choices=["fine", "coarse"], default="fine", help="CIFAR-100 labels")
     args = ap.parse_args(argv)

@@ -1,4 +1,6 @@
 """Device selection shared by every stage."""
+import warnings
+
 import torch
 
 
@@ -7,3 +9,28 @@ def resolve_device(device="auto"):
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def native_bf16(device):
+    """Whether ``device`` multiplies bfloat16 matrices in hardware.
+
+    CUDA: bf16 tensor cores (Ampere and later). CPU: AMX tiles or AVX512-BF16. Elsewhere PyTorch
+    emulates the bfloat16 GEMM: on an AVX2 CPU it ran 100x slower than float32 (0.4 against 40
+    GFLOP/s for the encode's 2048 x 108 x 8192 product, one thread; ``benchmarks/RESULTS.md``).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        # Private but stable probes of the CPU's ISA (torch.cpu, since 2.3); absent means unknown.
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def warn_emulated_bf16(precision, device, owner):
+    """Warn when ``precision="bf16"`` will run on a device that emulates bfloat16 GEMMs."""
+    if precision == "bf16" and not native_bf16(device):
+        warnings.warn(f"{owner}(precision='bf16') on {torch.device(device)}, which has no bfloat16 matrix units: "
+                      "PyTorch emulates the bf16 GEMM there, many times slower than float32 (100x on an AVX2 "
+                      "CPU); use precision='float32'", UserWarning, stacklevel=3)

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from smt import distributed
-from smt._device import resolve_device
+from smt._device import resolve_device, warn_emulated_bf16
 from smt._io import ModelFileError, meta_field, read_model, save_npz
 from smt._norm import l2_normalize
 from smt._validation import (DEVICE, PATH, Integral, Interval, Options, Real, StrOptions, as_images,
@@ -445,6 +445,7 @@ class SMT(TransformerMixin, BaseEstimator):
         self._check_params()
         images = self._check_images(X, reset=False)
         device = resolve_device(self.device)
+        warn_emulated_bf16(self.precision, device, "SMT")
         z = None
         for i, part in zip(range(0, len(images), self.batch_size), self._embed_images(images, device)):
             if z is None:  # filled in place: no concatenated copy beside the parts
@@ -568,6 +569,7 @@ class SMT(TransformerMixin, BaseEstimator):
         """
         self._check_params()
         device = resolve_device(self.device)
+        warn_emulated_bf16(self.precision, device, "SMT")
         _check_statistics_fit_in_memory(self.n_atoms, device)
         stream = self.__dict__.get("_stream")
         if stream is None and hasattr(self, "components_"):

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smt._device import resolve_device
+from smt._device import resolve_device, warn_emulated_bf16
 
 try:  # pairs read in place, in parallel; torch's gathers otherwise (the same similarities +- 1 ulp)
     from smt._pair_dots import pair_dots
@@ -298,6 +298,7 @@ class StreamingKNN:
         self.device = resolve_device(check_param("device", device, DEVICE, "StreamingKNN"))
         self.query_batch_size = _check_batch_size(query_batch_size, "query_batch_size")
         self.precision = check_param("precision", precision, _PARAMS["precision"], "StreamingKNN")
+        warn_emulated_bf16(self.precision, self.device, "StreamingKNN")
         self.copy = check_param("copy", copy, _PARAMS["copy"], "StreamingKNN")
         q = _to_float_tensor(queries, "queries", self.device)
         if q.shape[0] == 0:
@@ -689,6 +690,7 @@ class ReferenceDensity:
         self.k = int(check_param("k", k, _PARAMS["k"], "ReferenceDensity"))
         self.precision = check_param("precision", precision, _PARAMS["precision"], "ReferenceDensity")
         self.device = resolve_device(check_param("device", device, DEVICE, "ReferenceDensity"))
+        warn_emulated_bf16(self.precision, self.device, "ReferenceDensity")
         p = _to_float_tensor(probes, "probes", self.device)
         if p.shape[0] == 0:
             raise ValueError("probes is empty")

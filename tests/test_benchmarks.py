@@ -106,7 +106,7 @@ def test_gap_ledger_is_complete_and_matches_the_readme():
 
 
 def test_knn_benchmark_defaults_are_the_best_measured_settings(monkeypatch):
-    """knn_cifar: K 8192, d 384, mirrors, bf16, and 6x6 at t 0.3 beside 4x4 at t 0.45 (79.49);
+    """knn_cifar: K 8192, d 384, mirrors, bf16 where native, and 6x6 at t 0.3 beside 4x4 at t 0.45 (79.49);
     knn_mnist: 7x7 patches (99.11)."""
     import _knn
     import knn_cifar
@@ -119,9 +119,28 @@ def test_knn_benchmark_defaults_are_the_best_measured_settings(monkeypatch):
     cifar, strict, mnist = seen
     assert _knn.member_settings(cifar) == [(6, 0.3), (4, 0.45)]
     assert (cifar.n_atoms, cifar.n_components, cifar.flips, cifar.precision, cifar.knn_precision) == \
-        (8192, 384, True, "bf16", "bf16")
+        (8192, 384, True, "auto", "auto")
     assert not strict.flips
     assert _knn.member_settings(mnist)[0][0] == 7 and mnist.whiten_eps == 0.1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units(monkeypatch, native):
+    """An emulated bf16 GEMM ran 100x slower than float32 on an AVX2 CPU: the CIFAR defaults must
+    not pick it there; explicit values are kept."""
+    import _knn
+    import knn_cifar
+    seen = []
+    monkeypatch.setattr(_knn, "run", lambda args, *rest: seen.append(args))
+    monkeypatch.setattr(_knn, "native_bf16", lambda device: native)
+    knn_cifar.main([])
+    knn_cifar.main(["--precision", "float32", "--knn-precision", "bf16"])
+    auto, explicit = seen
+    line = _knn.resolve_precisions(auto)
+    expected = "bf16" if native else "float32"
+    assert (auto.precision, auto.knn_precision) == (expected, expected) and expected in line
+    assert _knn.resolve_precisions(explicit) is None
+    assert (explicit.precision, explicit.knn_precision) == ("float32", "bf16")
 
 
 def test_knn_benchmark_offers_every_smt_parameter():

@@ -448,6 +448,28 @@ def test_dense_threshold_codes_warn(digits):
         small_smt(coding="threshold", threshold=0.4, context="image").fit(X[:200])
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_where_it_is_emulated_warns(monkeypatch, digits, native):
+    """precision="bf16" asks for speed; on a device without bfloat16 matrix units the GEMM is
+    emulated (100x slower than float32 on an AVX2 CPU): the user is told, and the result is the same."""
+    import smt._device
+    from smt.knn import StreamingKNN
+    monkeypatch.setattr(smt._device, "native_bf16", lambda device: native)
+    X, _ = digits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = small_smt(coding="threshold", threshold=0.3, precision="bf16").fit(X[:200])
+        z = model.transform(X[:20])
+        StreamingKNN(z, k=3, precision="bf16")
+    slow = [str(w.message) for w in caught if "no bfloat16 matrix units" in str(w.message)]
+    owners = sorted({m.split("(")[0] for m in slow})
+    assert owners == ([] if native else ["SMT", "StreamingKNN"])
+    assert all("precision='float32'" in m for m in slow)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small_smt(coding="threshold", threshold=0.3, precision="float32").fit(X[:200])
+
+
 @pytest.mark.parametrize("code_values", ["similarity", "excess"])
 def test_real_valued_codes_fit_transform_and_determinism(code_values):
     from sklearn.datasets import load_digits
