@@ -14,9 +14,10 @@ def resolve_device(device="auto"):
 def native_bf16(device):
     """Whether ``device`` multiplies bfloat16 matrices in hardware.
 
-    CUDA: bf16 tensor cores (Ampere and later). CPU: AMX tiles or AVX512-BF16. Elsewhere PyTorch
+    CUDA: bf16 tensor cores (Ampere and later). CPU: AMX tiles or AVX512-BF16. Without them PyTorch
     emulates the bfloat16 GEMM: on an AVX2 CPU it ran 100x slower than float32 (0.4 against 40
     GFLOP/s for the encode's 2048 x 108 x 8192 product, one thread; ``benchmarks/RESULTS.md``).
+    Other backends are not probed: False.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -30,7 +31,8 @@ def native_bf16(device):
 
 def warn_emulated_bf16(precision, device, owner):
     """Warn when ``precision="bf16"`` will run on a device that emulates bfloat16 GEMMs."""
-    if precision == "bf16" and not native_bf16(device):
+    # Only CPU and CUDA are probed; another backend's bf16 support is not known here.
+    if precision == "bf16" and torch.device(device).type in ("cpu", "cuda") and not native_bf16(device):
         warnings.warn(f"{owner}(precision='bf16') on {torch.device(device)}, which has no bfloat16 matrix units: "
                       "PyTorch emulates the bf16 GEMM there, many times slower than float32 (100x on an AVX2 "
                       "CPU); use precision='float32'", UserWarning, stacklevel=3)
