@@ -94,7 +94,8 @@ class SMT(TransformerMixin, BaseEstimator):
         Of the encode GEMM (patch-atom similarities). ``"bf16"`` multiplies in bfloat16 and
         compares with the threshold in float32: 2-3x the float32 rate on CPUs with bf16 units, and
         codes that differ only for similarities within bfloat16's rounding of the threshold
-        (benchmarks/RESULTS.md, "Speed").
+        (benchmarks/RESULTS.md, "Speed"). Without bf16 units (an AVX2-only CPU) PyTorch emulates
+        it, about 100x slower than float32, and ``fit`` and ``transform`` warn.
     n_components : int, default=384
         Embedding dimension d per patch.
     n_skip : int, default=1

@@ -244,7 +244,9 @@ class StreamingKNN:
         votes are the float32 ones up to float32 rounding: every kept
         similarity is the float32 rounding of a float64 dot product of the
         unit float32 vectors.  Only the first chunk, before every query holds
-        ``k`` neighbours, is compared in float32 throughout.
+        ``k`` neighbours, is compared in float32 throughout.  Where the device
+        has no bf16 units (an AVX2-only CPU) the screen is emulated, slower
+        than float32, and the constructor warns.
     copy : bool, default True
         If False, float32 queries and reference chunks already on ``device``
         are L2-normalised in place (the caller's arrays are overwritten with
