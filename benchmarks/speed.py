@@ -69,11 +69,11 @@ def matmul_rate(device, n=4096, dtype=torch.float32):
     return 2 * n ** 3 / _timed(lambda: a @ b, device)
 
 
-def knn_gemm_rates(device, queries=1024, references=5000, dim=55296):
+def knn_gemm_rates(device, bf16, queries=1024, references=5000, dim=55296):
     """FLOP/s of the kNN's similarity GEMM (a query batch against a reference chunk of CIFAR-sized
-    embeddings) in float32 and, where the device multiplies it in hardware, bfloat16 (else None)."""
+    embeddings) in float32 and, with ``bf16``, bfloat16 (else None)."""
     rates = {"bfloat16": None}
-    for dtype in (torch.float32, torch.bfloat16) if native_bf16(device) else (torch.float32,):
+    for dtype in (torch.float32, torch.bfloat16) if bf16 else (torch.float32,):
         q = torch.randn(queries, dim, device=device, dtype=dtype)
         r = torch.randn(references, dim, device=device, dtype=dtype)
         rates[str(dtype).split(".")[-1]] = 2 * queries * references * dim / _timed(lambda: q @ r.T, device, repeat=2)
@@ -265,7 +265,7 @@ def main(argv=None):
           + ("" if native else " (emulated: no bf16 matrix units; bf16 and int8 at n 1024)") + ", int8 "
           + (f"{peak_int8 / 1e9:.1f} GOP/s" if peak_int8 else "not offered"))
     model, rates = stage_table(x[:args.stage_images], args.stage_atoms, device, peak, peak_bf16)
-    knn = knn_gemm_rates(device)
+    knn = knn_gemm_rates(device, bf16=native)
     print(f"kNN similarity GEMM (1024 queries x 5000 references x 55296): float32 {knn['float32'] / 1e9:.1f}, "
           + (f"bfloat16 {knn['bfloat16'] / 1e9:.1f} GFLOP/s" if native else "GFLOP/s; bfloat16 not measured"))
     rates["knn_gemm"] = knn
