@@ -1,7 +1,13 @@
 """Device selection shared by every stage."""
+import os
+import sys
 import warnings
 
+import sklearn
 import torch
+
+# Frames in these packages are skipped when a warning is attributed to the caller's line.
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules[__package__], sklearn))
 
 
 def resolve_device(device="auto"):
@@ -29,10 +35,22 @@ def native_bf16(device):
     return False
 
 
+def user_stacklevel():
+    """The ``stacklevel`` that makes ``warnings.warn`` name the first line outside smt and scikit-learn.
+
+    The depth from a public method to the warning differs between ``fit``, ``fit_transform``,
+    ``partial_fit``, a Pipeline and scikit-learn's output wrappers, so it is counted, not fixed.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_emulated_bf16(precision, device, owner):
     """Warn when ``precision="bf16"`` will run on a device that emulates bfloat16 GEMMs."""
     # Only CPU and CUDA are probed; another backend's bf16 support is not known here.
     if precision == "bf16" and torch.device(device).type in ("cpu", "cuda") and not native_bf16(device):
         warnings.warn(f"{owner}(precision='bf16') on {torch.device(device)}, which has no bfloat16 matrix units: "
                       "PyTorch emulates the bf16 GEMM there, many times slower than float32 (100x on an AVX2 "
-                      "CPU); use precision='float32'", UserWarning, stacklevel=3)
+                      "CPU); use precision='float32'", UserWarning, stacklevel=user_stacklevel())

@@ -465,6 +465,13 @@ def test_bf16_where_it_is_emulated_warns(monkeypatch, digits, native):
     owners = sorted({m.split("(")[0] for m in slow})
     assert owners == ([] if native else ["SMT", "StreamingKNN"])
     assert all("precision='float32'" in m for m in slow)
+    # Each warning names the user's line, however deep inside smt and scikit-learn it was raised.
+    assert {w.filename for w in caught if "no bfloat16 matrix units" in str(w.message)} <= {__file__}
+    if not native:
+        from sklearn.pipeline import make_pipeline
+        with pytest.warns(UserWarning, match="no bfloat16 matrix units") as through_pipeline:
+            make_pipeline(small_smt(coding="threshold", threshold=0.3, precision="bf16")).fit_transform(X[:200])
+        assert {w.filename for w in through_pipeline} == {__file__}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         small_smt(coding="threshold", threshold=0.3, precision="float32").fit(X[:200])
