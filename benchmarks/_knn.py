@@ -19,6 +19,7 @@ from _measure import StageMeter  # noqa: E402
 from smt import SMT, GrayView, HierarchicalSMT  # noqa: E402
 from smt.hierarchical import default_second_layer  # noqa: E402
 from smt._device import native_bf16, resolve_device  # noqa: E402
+from smt._validation import StrOptions  # noqa: E402
 from smt.augment import add_gray_copies, add_mirrors  # noqa: E402
 from smt.knn import ReferenceDensity, StreamingKNN  # noqa: E402
 
@@ -28,6 +29,8 @@ _OWN = {"random_state": "--seed", "checkpoint_path": "--checkpoint", "grayscale_
         "verbose": None, "patch_size": "--patch-size", "threshold": "--threshold"}
 _HELP = {
     "context": "'image' or a radius in patches",
+    "center_patches": "subtract each patch's mean per channel (alone, or 'channel'); 'patch': its mean over all "
+                      "channels (keeps colour); 'image': the image's mean ([A]; keeps brightness and colour)",
     "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32; auto: bf16 where the "
                  "device multiplies bfloat16 in hardware, else float32)",
     "max_coherence": "start the dictionary from patches with pairwise cosines at most this ([A]: 0.35)",
@@ -257,7 +260,11 @@ def _smt_options(ap):
         if name in _OWN:
             continue
         flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
+        if isinstance(default, bool) and any(isinstance(c, StrOptions) for c in SMT._parameter_constraints[name]):
+            # A switch that also takes a mode: --center-patches [patch], --no-center-patches.
+            ap.add_argument(flag, nargs="?", const=True, type=_value, default=default, help=_HELP.get(name))
+            ap.add_argument("--no-" + flag[2:], dest=name, action="store_false")
+        elif isinstance(default, bool):
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_HELP.get(name))
         elif isinstance(default, (int, float)):
             ap.add_argument(flag, type=type(default), default=default, help=_HELP.get(name))

@@ -23,7 +23,7 @@ from smt.checkpoint import Checkpoint, FitPosition, prefixed, unprefixed
 from smt.code_store import CodeStore
 from smt.coding import CODE_NORMS, CODE_VALUES, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code, threshold_lists
 from smt.dictionary import OnlineDictionary, incoherent_atoms, patch_keys
-from smt.patches import extract_patches, patch_grid_shape
+from smt.patches import CENTERINGS, extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
 from smt.spectral import solve_bytes, solve_embedding
 from smt.statistics import ContextStatistics
@@ -67,10 +67,13 @@ class SMT(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     patch_size : int, default=6
-    center_patches : bool, default=True
-        Subtract each patch's own mean per channel, so a patch codes its structure and not its
-        brightness (the paper's front end). False keeps the level: for inputs whose level is the
-        signal, such as a first layer's embedding maps (:class:`smt.HierarchicalSMT`).
+    center_patches : bool or {"channel", "patch", "image"}, default=True
+        True (or "channel"): subtract each patch's own mean per channel, so a patch codes its
+        structure and not its brightness or colour (the paper's front end). "patch": subtract the
+        patch's mean over all channels, which keeps its colour. "image": subtract the image's
+        mean ([A]'s whole-image context mean), which keeps the patch's brightness and colour
+        relative to the image. False keeps the level: for inputs whose level is the signal, such
+        as a first layer's embedding maps (:class:`smt.HierarchicalSMT`).
     n_atoms : int, default=8192
         Dictionary size K.
     coding : {"threshold", "top_k", "one_sparse"}, default="threshold"
@@ -214,7 +217,7 @@ class SMT(TransformerMixin, BaseEstimator):
 
     _parameter_constraints = {
         "patch_size": [Interval(Integral, 1, None, closed="left")],
-        "center_patches": ["boolean"],
+        "center_patches": ["boolean", StrOptions(set(CENTERINGS))],
         "n_atoms": [Interval(Integral, 1, None, closed="left")],
         "coding": [StrOptions(set(CODINGS))],
         # A cosine: outside [-1, 1] every atom or none would pass.

@@ -511,3 +511,21 @@ def test_mixed_window_and_whole_image_context():
                                   image.components_)
     with pytest.raises(ValueError, match="image_context_weight"):
         SMT(context=1, image_context_weight=-1.0, **params).fit(x)
+
+
+@pytest.mark.parametrize("mode", ["patch", "image"])
+def test_centring_mode_fits_deterministically_and_sees_colour(digits, mode):
+    """center_patches="patch" / "image" keep what per-channel centring removes: digits on a red
+    or a blue ground embed differently, where per-channel centring sees identical patches."""
+    X, _ = digits
+    ground = np.array([[0.4, 0.0, 0.0], [0.0, 0.0, 0.4]], dtype=np.float32)[np.arange(300) % 2]
+    colour = 0.5 * X[:300, ..., None].astype(np.float32) + ground[:, None, None, :]  # (300, 8, 8, 3)
+    params = dict(threshold=0.3, coding="threshold")
+    model = small_smt(center_patches=mode, **params)
+    z = model.fit_transform(colour)
+    np.testing.assert_array_equal(z, small_smt(center_patches=mode, **params).fit_transform(colour))
+    assert z.shape == (300, 6 * 4 * 4) == (300, model.n_features_out_) and np.isfinite(z).all()
+    same_digit_other_colour = np.concatenate([colour[:1, ..., ::-1], colour[:1]])  # blue ground, then red
+    per_channel = small_smt(**params).fit(colour).transform(same_digit_other_colour)
+    np.testing.assert_allclose(per_channel[0], per_channel[1], atol=1e-6)  # the grounds look the same
+    assert not np.allclose(*model.transform(same_digit_other_colour), atol=1e-3)

@@ -38,6 +38,36 @@ def test_patches_constant_are_empty():
     assert not empty[0, :, 3:5].any()       # straddle the edge
 
 
+def test_patch_centring_modes_by_hand():
+    """A 2x2 patch of a 2-channel 2x3 image, centred in each mode and worked out by hand."""
+    x = torch.tensor([[[[1., 2., 6.], [3., 4., 6.]],       # channel 0
+                       [[0., 0., 4.], [0., 0., 4.]]]])     # channel 1: flat at 0 under the first patch
+    first = {mode: extract_patches(x, 2, center=mode)[0][0, 0, 0].tolist() for mode in
+             (True, "channel", "patch", "image", False)}
+    assert first[False] == [1, 2, 3, 4, 0, 0, 0, 0]
+    assert first[True] == first["channel"] == [-1.5, -0.5, 0.5, 1.5, 0, 0, 0, 0]  # each channel's own mean
+    assert first["patch"] == [-0.25, 0.75, 1.75, 2.75, -1.25, -1.25, -1.25, -1.25]  # the patch's mean 1.25
+    assert first["image"] == [-1.5, -0.5, 0.5, 1.5, -2.5, -2.5, -2.5, -2.5]  # the image's mean 2.5
+
+
+def test_patch_centring_keeps_what_its_name_says():
+    """A flat patch of one colour: empty when each channel is centred, coded by its colour when
+    the patch is centred as a whole; a flat gray one is empty in both; the image's mean keeps
+    brightness. One channel: "patch" is "channel"."""
+    colour = torch.tensor([0.9, 0.2, 0.1]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    gray = torch.full((1, 3, 8, 8), 0.4)
+    assert extract_patches(colour, 3, center="channel")[1].all()
+    assert not extract_patches(colour, 3, center="patch")[1].any()
+    assert extract_patches(gray, 3, center="patch")[1].all()
+    half = torch.cat([gray[..., :4], 1 - gray[..., 4:]], dim=3)  # flat 0.4 left, flat 0.6 right
+    p, empty = extract_patches(half, 3, center="image")
+    assert not empty.any() and torch.allclose(p[0, 0, 0], torch.full((27,), -0.1))
+    mono = torch.rand(2, 1, 9, 9)
+    torch.testing.assert_close(extract_patches(mono, 4, center="patch")[0], extract_patches(mono, 4)[0])
+    with pytest.raises(ValueError, match="center"):
+        extract_patches(mono, 4, center="pixel")
+
+
 # ----------------------------------------------------------------- whitening
 def test_whitening_identity_covariance():
     gen = torch.Generator().manual_seed(0)
