@@ -19,18 +19,17 @@ from _measure import StageMeter  # noqa: E402
 from smt import SMT, GrayView, HierarchicalSMT  # noqa: E402
 from smt.hierarchical import default_second_layer  # noqa: E402
 from smt._device import native_bf16, resolve_device  # noqa: E402
-from smt._validation import StrOptions  # noqa: E402
 from smt.augment import add_gray_copies, add_mirrors  # noqa: E402
 from smt.knn import ReferenceDensity, StreamingKNN  # noqa: E402
+from smt.patches import CENTERINGS  # noqa: E402
 
 
 # SMT parameters the benchmark sets itself, or offers under another name
 _OWN = {"random_state": "--seed", "checkpoint_path": "--checkpoint", "grayscale_augmentation": "--grayscale-aug",
-        "verbose": None, "patch_size": "--patch-size", "threshold": "--threshold"}
+        "verbose": None, "patch_size": "--patch-size", "threshold": "--threshold",
+        "center_patches": "--center-patches"}
 _HELP = {
     "context": "'image' or a radius in patches",
-    "center_patches": "subtract each patch's mean per channel (alone, or 'channel'); 'patch': its mean over all "
-                      "channels (keeps colour); 'image': the image's mean ([A]; keeps brightness and colour)",
     "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32; auto: bf16 where the "
                  "device multiplies bfloat16 in hardware, else float32)",
     "max_coherence": "start the dictionary from patches with pairwise cosines at most this ([A]: 0.35)",
@@ -260,11 +259,7 @@ def _smt_options(ap):
         if name in _OWN:
             continue
         flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool) and any(isinstance(c, StrOptions) for c in SMT._parameter_constraints[name]):
-            # A switch that also takes a mode: --center-patches [patch], --no-center-patches.
-            ap.add_argument(flag, nargs="?", const=True, type=_value, default=default, help=_HELP.get(name))
-            ap.add_argument("--no-" + flag[2:], dest=name, action="store_false")
-        elif isinstance(default, bool):
+        if isinstance(default, bool):
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_HELP.get(name))
         elif isinstance(default, (int, float)):
             ap.add_argument(flag, type=type(default), default=default, help=_HELP.get(name))
@@ -303,11 +298,28 @@ def _broadcast(name_a, a, name_b, b):
     return list(zip(a * (n if len(a) == 1 else 1), b * (n if len(b) == 1 else 1)))
 
 
+def member_centrings(args):
+    """Each member's ``center_patches``: one ``--center-patches`` value is shared by every member."""
+    settings = _member_views(args)
+    return [c for _, c in _broadcast("members", settings, "--center-patches", args.center_patches or [True])]
+
+
+def _centring(text):
+    """argparse type of ``--center-patches``: a mode of :func:`smt.patches.extract_patches`."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text not in CENTERINGS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(CENTERINGS)}, true, false")
+    return text
+
+
 def smt_params(args):
-    """``SMT`` keyword arguments from parsed options (the first member's patch size and threshold)."""
+    """``SMT`` keyword arguments from parsed options (the first member's patch size, threshold and
+    centring)."""
     params = {name: getattr(args, name) for name in SMT().get_params() if name not in _OWN}
     patch_size, threshold = member_settings(args)[0]
-    return {**params, "patch_size": patch_size, "threshold": threshold, "random_state": args.seed,
+    return {**params, "patch_size": patch_size, "threshold": threshold, "center_patches": member_centrings(args)[0],
+            "random_state": args.seed,
             "checkpoint_path": args.checkpoint, "verbose": True,
             "grayscale_augmentation": None if args.grayscale_aug == "copies" else args.grayscale_aug}
 
@@ -318,11 +330,12 @@ def build_model(args):
     (and ``--threshold``) values a scikit-learn ``FeatureUnion`` of one ``SMT`` per value, their
     embeddings concatenated.
 
-    Member ``i`` takes the ``i``-th patch size and threshold (a single value is shared), is seeded
-    ``seed`` plus the number of members before it with the same size and threshold (so each member
-    is the model its size alone fits, and ``--patch-size 6 6`` is two dictionaries of one size, seeds
-    ``seed`` and ``seed + 1``: the control for two
-    sizes) and L2-normalises its output, so that every member weighs the same in the kNN's cosine.
+    Member ``i`` takes the ``i``-th patch size, threshold, view and centring (a single value is
+    shared), is seeded ``seed`` plus the number of members before it with the same size, threshold
+    and view (so each member is the model its size alone fits, and ``--patch-size 6 6`` is two
+    dictionaries of one size, seeds ``seed`` and ``seed + 1``: the control for two sizes; the
+    centring does not enter the count, so ``--center-patches channel patch`` changes only the second
+    model's centring) and L2-normalises its output, so that every member weighs the same in the kNN's cosine.
     A member's checkpoint is ``<checkpoint>.<i>``.
     """
     params = smt_params(args)
@@ -338,8 +351,8 @@ def build_model(args):
         return GrayView(SMT(**params)) if settings[0][2] == "gray" else SMT(**params)
     ckpt = params.pop("checkpoint_path")
     members = []
-    for i, (p, t, view) in enumerate(settings):
-        smt = SMT(**{**params, "patch_size": p, "threshold": t, "normalize_output": True,
+    for i, ((p, t, view), centring) in enumerate(zip(settings, member_centrings(args))):
+        smt = SMT(**{**params, "patch_size": p, "threshold": t, "center_patches": centring, "normalize_output": True,
                      "random_state": args.seed + settings[:i].count((p, t, view)),
                      "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"})
         members.append((f"smt{i}_p{p}_t{t}" + ("_gray" if view == "gray" else ""),
@@ -419,6 +432,13 @@ def parser(doc, members=None, rgb=True, **defaults):
     ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=None,
                     help="coding threshold (the cosine an atom must reach); several values: one per member, "
                          "as --patch-size")
+    ap.add_argument("--center-patches", type=_centring, nargs="+", default=None, metavar="MODE",
+                    help="what is subtracted from each patch (SMT's center_patches): channel (its mean per "
+                         "channel, the paper's; default), patch (its mean over all channels: keeps colour), "
+                         "image (the image's mean, [A]'s: keeps brightness and colour) or false; several "
+                         "values: one per member, as --patch-size")
+    ap.add_argument("--no-center-patches", dest="center_patches", action="store_const", const=[False],
+                    help="subtract nothing (every member)")
     if rgb:
         ap.add_argument("--view", choices=["color", "gray"], nargs="+", default=None,
                         help="what each member sees: the images, or their gray copies (luma, one channel; a "

@@ -234,6 +234,29 @@ def test_several_patch_sizes_build_a_union_of_unit_norm_members():
         _knn.build_model(ap.parse_args(["--patch-size", "6", "8", "10", "--threshold", "0.3", "0.2"]))
 
 
+def test_center_patches_is_one_mode_per_member_or_one_for_all(capsys):
+    import _knn
+    ap = _knn.parser("", n_atoms=64)
+
+    def centrings(*argv):
+        model = _knn.build_model(ap.parse_args(list(argv)))
+        members = [getattr(m, "estimator", m) for _, m in model.transformer_list] if hasattr(
+            model, "transformer_list") else [model]
+        return [(m.center_patches, m.random_state) for m in members]
+    assert centrings() == [(True, 0)]
+    assert centrings("--center-patches", "patch") == [("patch", 0)]
+    assert centrings("--no-center-patches") == [(False, 0)]
+    assert centrings("--patch-size", "6", "6", "--center-patches", "image") == [("image", 0), ("image", 1)]
+    # the centring is not part of a member's seed count: only the second model's centring changes
+    assert centrings("--patch-size", "6", "6", "6", "--view", "color", "color", "gray",
+                     "--center-patches", "channel", "patch", "channel") == [("channel", 0), ("patch", 1), ("channel", 0)]
+    with pytest.raises(SystemExit, match="must have one value or the same number"):
+        centrings("--patch-size", "6", "6", "4", "--center-patches", "channel", "patch")
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--center-patches", "pixel"])
+    assert "'pixel' is not one of channel, patch, image" in capsys.readouterr().err
+
+
 def test_default_members_and_what_replaces_them():
     import _knn
     from sklearn.pipeline import FeatureUnion
