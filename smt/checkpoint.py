@@ -49,13 +49,18 @@ class Checkpoint:
     defaults : dict, optional
         The value a parameter of ``params`` had when the file does not name it: a parameter added
         since the file was written behaved then as its default does now.
+    canonical : callable, optional
+        Maps a parameter dict to one spelling of each meaning (``center_patches=True`` and
+        ``"channel"`` are one centring); the comparison reads both sides through it, so a file
+        written under one spelling resumes under the other.
     """
 
-    def __init__(self, path, every=1, params=None, images=None, defaults=None):
+    def __init__(self, path, every=1, params=None, images=None, defaults=None, canonical=None):
         self.path = path
         self.every = every
         self.params = params or {}
         self.defaults = defaults or {}
+        self.canonical = canonical or (lambda params: params)
         self.fingerprint = fingerprint(images) if path and images is not None else None
 
     def save(self, position, stages):
@@ -140,8 +145,9 @@ class Checkpoint:
         params = jsonable(self.params)
         defaults = jsonable(self.defaults)
         was = {k: saved[k] if k in saved else defaults.get(k) for k in params}
+        now, then = self.canonical(params), self.canonical(was)
         changed = [f"{k}={params[k]!r} (the checkpoint's fit had {was[k]!r})"
-                   for k in sorted(params) if params[k] != was[k]]
+                   for k in sorted(params) if now[k] != then[k]]
         if changed:
             return "parameters " + ", ".join(changed)
         if saved_fingerprint != self.fingerprint:

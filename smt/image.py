@@ -589,7 +589,7 @@ class SMT(TransformerMixin, BaseEstimator):
         stream = dict(stream)  # stored when the call succeeds
         self._ckpt = Checkpoint(shard.checkpoint_path(self.checkpoint_path) if resumable else None,
                                 self.checkpoint_every, self._model_params(), images,
-                                defaults=type(self)()._model_params())
+                                defaults=type(self)()._model_params(), canonical=_canonical_params)
         n_seen, total = stream["n_seen"], shard.total
         n_new = 0 if stream["frozen"] else min(self.front_end_images, n_seen + total) - n_seen
         run = FitPosition(seed=stream["seed"])
@@ -1061,6 +1061,13 @@ class SMT(TransformerMixin, BaseEstimator):
     def _model_params(self):
         """The parameters that shape what a checkpoint holds (whitening, dictionary, statistics)."""
         return {k: v for k, v in self.get_params().items() if k not in _RUNTIME_PARAMS + _TRANSFORM_PARAMS}
+
+
+def _canonical_params(params):
+    """``params`` with each meaning spelled one way: ``center_patches=True`` is ``"channel"``."""
+    if params.get("center_patches") is True:
+        params = {**params, "center_patches": "channel"}
+    return params
 
 
 def _dropped(model):

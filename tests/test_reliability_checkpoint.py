@@ -124,6 +124,29 @@ def test_a_parameter_added_since_the_file_counts_as_its_default(X, done):
     _refused(X, done, "center_patches=False", "the checkpoint's fit had True", center_patches=False)
 
 
+def test_one_centring_spelled_two_ways_resumes(X, done, monkeypatch):
+    # center_patches=True is the per-channel centring, "channel": a fit written under one
+    # spelling resumes under the other (stop 30: the benchmark's default True met a file of
+    # "channel" and refused it), with no image coded again; another centring is still refused.
+    from smt.statistics import ContextStatistics
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("the resumed fit ran the statistics pass again")
+    fresh = small_smt().fit(X)
+    monkeypatch.setattr(ContextStatistics, "partial_fit", no_statistics)
+    monkeypatch.setattr(ContextStatistics, "partial_fit_lists", no_statistics)
+    resumed = small_smt(checkpoint_path=str(done), center_patches="channel").fit(X)
+    np.testing.assert_array_equal(resumed.transform(X[:20]), fresh.transform(X[:20]))
+    monkeypatch.undo()
+    _refused(X, done, "center_patches='patch'", "the checkpoint's fit had True", center_patches="patch")
+
+    other = done.with_name("channel.npz")
+    small_smt(checkpoint_path=str(other), center_patches="channel").fit(X)
+    monkeypatch.setattr(ContextStatistics, "partial_fit", no_statistics)
+    monkeypatch.setattr(ContextStatistics, "partial_fit_lists", no_statistics)
+    small_smt(checkpoint_path=str(other), center_patches=True).fit(X)
+
+
 def test_tensor_input_resumes_and_is_fingerprinted(X, tmp_path):
     path = tmp_path / "t.npz"
     t = torch.as_tensor(X, dtype=torch.float32)
