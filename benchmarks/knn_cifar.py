@@ -10,7 +10,8 @@ grayscale augmentation), CIFAR-100 53.2 (57.0). Defaults: the best CIFAR-10 sett
 patches at 0.45, each with the paper's K 8192, d 384 and whole-image context, their unit-norm
 embeddings concatenated (79.49 at 50k with mirrors, against 78.93 for 6x6 alone, 78.90 for 4x4
 alone and 79.14 for two 6x6 models of seeds 0 and 1: "Stop 19", "Stop 20"); a sampled dictionary
-(``--dict-epochs 0``: 65.89 against 65.09 for one epoch of Algorithm 1 at 10k), ``--n-skip 8``, and
+(``--dict-epochs 0``: 65.89 against 65.09 for one epoch of Algorithm 1 at 10k), ``--n-skip 8`` (1: 78.24,
+16: 78.33 for the paper's single model, "Stop 30"), and
 mirrors in the fit and the kNN reference set (``--flips``; ``--no-flips`` for the strict
 no-augmentation protocol). Where the device multiplies bfloat16 matrices in hardware (AMX or
 AVX512-BF16 CPUs, CUDA from Ampere) the encode's patch-atom similarities and the kNN's screen run
