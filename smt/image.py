@@ -23,7 +23,7 @@ from smt.checkpoint import Checkpoint, FitPosition, prefixed, unprefixed
 from smt.code_store import CodeStore
 from smt.coding import CODE_NORMS, CODE_VALUES, CODINGS, EMPTY_CODES, PRECISIONS, sparse_code, threshold_lists
 from smt.dictionary import OnlineDictionary, incoherent_atoms, patch_keys
-from smt.patches import CENTERINGS, extract_patches, patch_grid_shape
+from smt.patches import CENTERINGS, centring, extract_patches, patch_grid_shape
 from smt.pooling import pool_embeddings, pooled_grid_shape
 from smt.spectral import solve_bytes, solve_embedding
 from smt.statistics import ContextStatistics
@@ -1065,8 +1065,8 @@ class SMT(TransformerMixin, BaseEstimator):
 
 def _canonical_params(params):
     """``params`` with each meaning spelled one way: ``center_patches=True`` is ``"channel"``."""
-    if params.get("center_patches") is True:
-        params = {**params, "center_patches": "channel"}
+    if "center_patches" in params:
+        params = {**params, "center_patches": centring(params["center_patches"])}
     return params
 
 

@@ -15,6 +15,14 @@ def patch_grid_shape(height, width, patch_size):
 CENTERINGS = ("channel", "patch", "image")
 
 
+def centring(center):
+    """The centring ``center`` names: one of :data:`CENTERINGS`, or None for none (True is
+    "channel", the paper's per-channel mean; False is none)."""
+    if not isinstance(center, str):
+        return "channel" if center else None
+    return center
+
+
 def extract_patches(images, patch_size, center=True):
     """All ``patch_size`` x ``patch_size`` patches at stride 1, centred per channel.
 
@@ -58,8 +66,7 @@ def extract_patches(images, patch_size, center=True):
     # Strided views copied once: as fast as unfold on GPU and ~70x faster than CPU im2col here.
     windows = images.unfold(2, patch_size, 1).unfold(3, patch_size, 1)  # (n, C, H', W', p, p)
     level = windows.square().sum(dim=(1, 4, 5)).sqrt()  # (n, H', W'): the uncentred patch's norm
-    if not isinstance(center, str):
-        center = "channel" if center else None
+    center = centring(center)
     if center == "channel":
         windows = windows - windows.mean(dim=(4, 5), keepdim=True)
     elif center == "patch":

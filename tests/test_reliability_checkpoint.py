@@ -93,18 +93,23 @@ def test_runtime_parameters_do_not_matter(X, done):
     small_smt(checkpoint_path=str(done), checkpoint_every=7, verbose=False, device="cpu").fit(X)
 
 
-@pytest.mark.parametrize("param", [dict(n_components=4), dict(n_skip=3), dict(pool_size=2, pool_stride=2),
-                                   dict(normalize_output=True)])
-def test_transform_parameters_reuse_the_statistics(X, done, param, monkeypatch):
-    # One statistics pass serves every d, n_skip and pooling: the finished checkpoint is resumed,
-    # no image is coded again, and the model is the one a fresh fit with these settings makes.
-    fresh = small_smt(**param).fit(X)
+def _forbid_statistics(monkeypatch):
+    """Make any statistics pass fail: a resumed finished fit must go straight to the solve."""
     from smt.statistics import ContextStatistics
 
     def no_statistics(*args, **kwargs):
         raise AssertionError("the resumed fit ran the statistics pass again")
     monkeypatch.setattr(ContextStatistics, "partial_fit", no_statistics)
     monkeypatch.setattr(ContextStatistics, "partial_fit_lists", no_statistics)
+
+
+@pytest.mark.parametrize("param", [dict(n_components=4), dict(n_skip=3), dict(pool_size=2, pool_stride=2),
+                                   dict(normalize_output=True)])
+def test_transform_parameters_reuse_the_statistics(X, done, param, monkeypatch):
+    # One statistics pass serves every d, n_skip and pooling: the finished checkpoint is resumed,
+    # no image is coded again, and the model is the one a fresh fit with these settings makes.
+    fresh = small_smt(**param).fit(X)
+    _forbid_statistics(monkeypatch)
     resumed = small_smt(checkpoint_path=str(done), **param).fit(X)
     np.testing.assert_array_equal(resumed.components_, fresh.components_)
     np.testing.assert_array_equal(resumed.transform(X[:20]), fresh.transform(X[:20]))
@@ -128,13 +133,8 @@ def test_one_centring_spelled_two_ways_resumes(X, done, monkeypatch):
     # center_patches=True is the per-channel centring, "channel": a fit written under one
     # spelling resumes under the other (stop 30: the benchmark's default True met a file of
     # "channel" and refused it), with no image coded again; another centring is still refused.
-    from smt.statistics import ContextStatistics
-
-    def no_statistics(*args, **kwargs):
-        raise AssertionError("the resumed fit ran the statistics pass again")
     fresh = small_smt().fit(X)
-    monkeypatch.setattr(ContextStatistics, "partial_fit", no_statistics)
-    monkeypatch.setattr(ContextStatistics, "partial_fit_lists", no_statistics)
+    _forbid_statistics(monkeypatch)
     resumed = small_smt(checkpoint_path=str(done), center_patches="channel").fit(X)
     np.testing.assert_array_equal(resumed.transform(X[:20]), fresh.transform(X[:20]))
     monkeypatch.undo()
@@ -142,8 +142,7 @@ def test_one_centring_spelled_two_ways_resumes(X, done, monkeypatch):
 
     other = done.with_name("channel.npz")
     small_smt(checkpoint_path=str(other), center_patches="channel").fit(X)
-    monkeypatch.setattr(ContextStatistics, "partial_fit", no_statistics)
-    monkeypatch.setattr(ContextStatistics, "partial_fit_lists", no_statistics)
+    _forbid_statistics(monkeypatch)
     small_smt(checkpoint_path=str(other), center_patches=True).fit(X)
 
 
