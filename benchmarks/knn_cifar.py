@@ -25,7 +25,9 @@ codes its fit kept (about 15 min per member, estimated: about 1.6 h in all); fro
 finished checkpoints the training images are encoded again (76-90 min of embedding). Peak 13.9
 GiB in stop 20; since stop 21 the kNN keeps no bf16 copy of the test embeddings and the models drop
 their statistics after the solve, about 9.5 GiB (estimated, not yet measured). ``--patch-size 6`` (threshold 0.3)
-is the paper's single model: 47 min in all, peak 7.1 GiB, 78.93 ("Stop 18"). With ``--checkpoint
+is the paper's single model: 47 min in all, peak 7.1 GiB, 78.93 ("Stop 18"); pooled over wider
+windows (``--pool-size 7 --pool-stride 4``, or 6 and 3) it gives 79.51 (79.42), a tie with the pair
+at half its fit, one seed ("Stop 32"); the pair itself is not yet measured with them. With ``--checkpoint
 PATH`` member i keeps its fit in ``PATH.i``; a finished single-size run's checkpoint serves as a
 member's (a member is seeded as it would be alone).
 
