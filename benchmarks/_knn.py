@@ -27,7 +27,7 @@ from smt.patches import CENTERINGS  # noqa: E402
 # SMT parameters the benchmark sets itself, or offers under another name
 _OWN = {"random_state": "--seed", "checkpoint_path": "--checkpoint", "grayscale_augmentation": "--grayscale-aug",
         "verbose": None, "patch_size": "--patch-size", "threshold": "--threshold",
-        "center_patches": "--center-patches"}
+        "center_patches": "--center-patches", "pool_size": "--pool-size", "pool_stride": "--pool-stride"}
 _HELP = {
     "context": "'image' or a radius in patches",
     "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32; auto: bf16 where the "
@@ -298,6 +298,24 @@ def _broadcast(name_a, a, name_b, b):
     return list(zip(a * (n if len(a) == 1 else 1), b * (n if len(b) == 1 else 1)))
 
 
+def member_pools(args):
+    """Each member's (pool size, pool stride).
+
+    Neither ``--pool-size`` nor ``--pool-stride`` given: the data set's default members keep their
+    own pooling, and members named by ``--patch-size`` / ``--threshold`` take the paper's (``SMT``'s
+    4/2), so that a command written for one member size reads the same whatever the defaults.
+    Either given: the other option takes the paper's value, and one value is shared by every member.
+    """
+    members = _member_views(args)
+    paper = (SMT().pool_size, SMT().pool_stride)
+    if args.pool_size is None and args.pool_stride is None:
+        named = args.patch_size is not None or args.threshold is not None
+        pools = [paper] if named else args.default_pools
+    else:
+        pools = _broadcast("--pool-size", args.pool_size or [paper[0]], "--pool-stride", args.pool_stride or [paper[1]])
+    return [pool for _, pool in _broadcast("members", members, "--pool-size and --pool-stride", pools)]
+
+
 def member_centrings(args):
     """Each member's ``center_patches``: one ``--center-patches`` value is shared by every member."""
     settings = _member_views(args)
@@ -318,7 +336,9 @@ def smt_params(args):
     centring)."""
     params = {name: getattr(args, name) for name in SMT().get_params() if name not in _OWN}
     patch_size, threshold = member_settings(args)[0]
+    pool_size, pool_stride = member_pools(args)[0]
     return {**params, "patch_size": patch_size, "threshold": threshold, "center_patches": member_centrings(args)[0],
+            "pool_size": pool_size, "pool_stride": pool_stride,
             "random_state": args.seed,
             "checkpoint_path": args.checkpoint, "verbose": True,
             "grayscale_augmentation": None if args.grayscale_aug == "copies" else args.grayscale_aug}
@@ -351,8 +371,10 @@ def build_model(args):
         return GrayView(SMT(**params)) if settings[0][2] == "gray" else SMT(**params)
     ckpt = params.pop("checkpoint_path")
     members = []
-    for i, ((p, t, view), centring) in enumerate(zip(settings, member_centrings(args))):
+    pools = member_pools(args)
+    for i, ((p, t, view), centring, (size, stride)) in enumerate(zip(settings, member_centrings(args), pools)):
         smt = SMT(**{**params, "patch_size": p, "threshold": t, "center_patches": centring, "normalize_output": True,
+                     "pool_size": size, "pool_stride": stride,
                      "random_state": args.seed + settings[:i].count((p, t, view)),
                      "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"})
         members.append((f"smt{i}_p{p}_t{t}" + ("_gray" if view == "gray" else ""),
@@ -410,9 +432,10 @@ def _key_value(text):
     return name, _value(value)
 
 
-def parser(doc, members=None, rgb=True, **defaults):
-    """Command-line options of a kNN benchmark; ``defaults`` are the data set's settings and
-    ``members`` its default (patch size, threshold) pairs (default: ``SMT``'s one). ``rgb=False``
+def parser(doc, members=None, pools=None, rgb=True, **defaults):
+    """Command-line options of a kNN benchmark; ``defaults`` are the data set's settings,
+    ``members`` its default (patch size, threshold) pairs (default: ``SMT``'s one) and ``pools``
+    each default member's (pool size, pool stride) (default: ``SMT``'s for every one). ``rgb=False``
     (a gray data set) leaves out the options that make gray copies (``--view``, ``--grayscale-aug``):
     argparse then names them as unknown before any data is loaded."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,6 +446,10 @@ def parser(doc, members=None, rgb=True, **defaults):
     ap.set_defaults(keep_statistics=False)  # the benchmark never adds to a fit
     members = [tuple(m) for m in (members or [(SMT().patch_size, SMT().threshold)])]
     ap.set_defaults(default_members=members)
+    pools = [tuple(p) for p in (pools or [(SMT().pool_size, SMT().pool_stride)] * len(members))]
+    if len(pools) != len(members):
+        raise ValueError(f"pools ({len(pools)}) must give one (size, stride) per default member ({len(members)})")
+    ap.set_defaults(default_pools=pools)
     shown = " + ".join(f"{p}x{p} at t {t}" for p, t in members)
     ap.add_argument("--patch-size", type=_at_least(int, 1), nargs="+", default=None,
                     help="patch size; several values fit one SMT per value and concatenate their "
@@ -439,6 +466,12 @@ def parser(doc, members=None, rgb=True, **defaults):
                          "values: one per member, as --patch-size")
     ap.add_argument("--no-center-patches", dest="center_patches", action="store_const", const=[False],
                     help="subtract nothing (every member)")
+    ap.add_argument("--pool-size", type=_at_least(int, 1), nargs="+", default=None,
+                    help="average-pooling kernel over the patch grid; several values: one per member, as "
+                         "--patch-size. Default: " + " + ".join(f"{k}/{s}" for k, s in pools) + " (size/stride of "
+                         "each default member); members named by --patch-size or --threshold: the paper's 4/2")
+    ap.add_argument("--pool-stride", type=_at_least(int, 1), nargs="+", default=None,
+                    help="average-pooling stride; several values: one per member, as --pool-size")
     if rgb:
         ap.add_argument("--view", choices=["color", "gray"], nargs="+", default=None,
                         help="what each member sees: the images, or their gray copies (luma, one channel; a "
@@ -591,6 +624,7 @@ def run(args, load, name, paper):
         sum(int(m.n_features_out_) for m in members)
     print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
           f"embedding {n_features}" + (f" (members: patch size, threshold {[(m.patch_size, m.threshold) for m in members]}"
+                                       f", pooling {[f'{m.pool_size}/{m.pool_stride}' for m in members]}"
                                        f"{', views ' + str(args.view) if args.view else ''})"
                                        if len(members) > 1 else ""))
     if isinstance(model, HierarchicalSMT):

@@ -136,6 +136,9 @@ class SMT(TransformerMixin, BaseEstimator):
         does not depend on how the data are chunked or sharded, so ``partial_fit`` (which keeps at
         most this many images) and a distributed fit give exactly the model of ``fit``.
     pool_size, pool_stride : int, default=4, 2
+        Average-pooling window and step over the patch grid (the paper's 4/2). Wider windows that
+        cover the grid exactly measured better on CIFAR-10 at K 8192: 7/4 for 6x6 patches (27x27
+        grid; 79.51 against 78.93), and beside it 5/3 for a 4x4 SMT (29x29 grid; the pair 80.63).
     grayscale_augmentation : {None, "paired", "independent", "context"}, default=None
         RGB only. Fit on every training image and its gray copy (ITU-R 601 luma, replicated to
         3 channels): ``"paired"`` makes the two one context, so the objective learns colour

@@ -111,8 +111,8 @@ def test_gap_ledger_is_complete_and_matches_the_readme():
 
 
 def test_knn_benchmark_defaults_are_the_best_measured_settings(monkeypatch):
-    """knn_cifar: K 8192, d 384, mirrors, bf16 where native, and 6x6 at t 0.3 beside 4x4 at t 0.45 (79.49);
-    knn_mnist: 7x7 patches (99.11)."""
+    """knn_cifar: K 8192, d 384, mirrors, bf16 where native, and 6x6 at t 0.3 pooled 7/4 beside 4x4 at
+    t 0.45 pooled 5/3 (80.63); knn_mnist: 7x7 patches pooled 4/2 (99.11)."""
     import _knn
     import knn_cifar
     import knn_mnist
@@ -123,6 +123,8 @@ def test_knn_benchmark_defaults_are_the_best_measured_settings(monkeypatch):
     knn_mnist.main([])
     cifar, strict, mnist = seen
     assert _knn.member_settings(cifar) == [(6, 0.3), (4, 0.45)]
+    assert [(m.pool_size, m.pool_stride) for _, m in _knn.build_model(cifar).transformer_list] == [(7, 4), (5, 3)]
+    assert (_knn.build_model(mnist).pool_size, _knn.build_model(mnist).pool_stride) == (4, 2)
     assert (cifar.n_atoms, cifar.n_components, cifar.flips, cifar.precision, cifar.knn_precision) == \
         (8192, 384, True, "auto", "auto")
     assert not strict.flips
@@ -288,15 +290,57 @@ def test_union_benchmark_runs_end_to_end(tmp_path, capsys):
 
     def load(root, split):
         return (x, y) if split == "train" else (x[:20], y[:20])
-    args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3,
-                       precision="float32").parse_args(
-        ["--patch-size", "3", "4", "--threshold", "0.3", "0.25", "--json", str(tmp_path / "r.jsonl")])
+    args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, precision="float32").parse_args(
+        ["--patch-size", "3", "4", "--threshold", "0.3", "0.25", "--pool-size", "3", "--pool-stride", "3",
+         "--json", str(tmp_path / "r.jsonl")])
     acc = _knn.run(args, load, "made-up", "-")
     assert 0 <= acc["top1"] <= 100
     row = json.loads((tmp_path / "r.jsonl").read_text())
     # patch grids 10x10 (patch 3) and 9x9 (patch 4), each pooled 3/3 to 3x3, of 4 components
     assert row["n_features_out"] == 2 * 3 * 3 * 4 and len(row["fit_stats"]) == 2
     assert "members: patch size, threshold [(3, 0.3), (4, 0.25)]" in capsys.readouterr().out
+
+
+def test_each_member_has_its_own_pooling(tmp_path, capsys):
+    """``--pool-size 3 2 --pool-stride 3 2``: member i pools with the i-th values, and the kNN sees
+    both pooled grids side by side."""
+    import _knn
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
+    y = np.arange(60) % 3
+
+    def load(root, split):
+        return (x, y) if split == "train" else (x[:20], y[:20])
+    args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, precision="float32").parse_args(
+        ["--patch-size", "3", "4", "--threshold", "0.3", "0.25", "--pool-size", "3", "2", "--pool-stride", "3", "2",
+         "--json", str(tmp_path / "r.jsonl")])
+    _knn.run(args, load, "made-up", "-")
+    row = json.loads((tmp_path / "r.jsonl").read_text())
+    # patch grid 10x10 pooled 3/3 to 3x3, and 9x9 pooled 2/2 to 4x4, of 4 components each
+    assert row["n_features_out"] == (3 * 3 + 4 * 4) * 4
+    assert "pooling ['3/3', '2/2']" in capsys.readouterr().out
+
+
+def test_pooling_options_follow_the_members(monkeypatch):
+    """Default members keep their own pooling; members named on the command line take the paper's
+    4/2 (old commands still mean what they meant); a value left out is the paper's; one value is
+    shared; a count that fits neither is refused by name."""
+    import _knn
+    import knn_cifar
+    seen = []
+    monkeypatch.setattr(_knn, "run", lambda args, *rest: seen.append(args))
+    for argv in (["--patch-size", "6"], ["--pool-size", "4", "--pool-stride", "2"], ["--pool-size", "6", "5"],
+                 ["--patch-size", "6", "4", "6", "--view", "color", "color", "gray"], ["--pool-size", "4", "5", "6"]):
+        knn_cifar.main(argv)
+    single, shared, sizes, three, wrong = seen
+    assert (_knn.build_model(single).pool_size, _knn.build_model(single).pool_stride) == (4, 2)
+    assert _knn.member_pools(shared) == [(4, 2), (4, 2)]
+    assert _knn.member_pools(sizes) == [(6, 2), (5, 2)]
+    assert _knn.member_pools(three) == [(4, 2)] * 3
+    with pytest.raises(SystemExit, match="--pool-size"):
+        _knn.member_pools(wrong)
+    with pytest.raises(SystemExit):
+        knn_cifar.main(["--pool-stride", "0"])
 
 
 def test_union_embeds_its_training_images_from_the_codes_of_its_fit(monkeypatch):
@@ -307,8 +351,8 @@ def test_union_embeds_its_training_images_from_the_codes_of_its_fit(monkeypatch)
     from smt import SMT
     rng = np.random.default_rng(1)
     x = (rng.random((50, 12, 12, 3)) * 255).astype(np.uint8)
-    args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3,
-                       precision="float32").parse_args(["--patch-size", "3", "4", "--threshold", "0.3", "0.25"])
+    args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, precision="float32").parse_args(
+        ["--patch-size", "3", "4", "--threshold", "0.3", "0.25", "--pool-size", "3", "--pool-stride", "3"])
     union = _knn.build_model(args)
 
     def encode_again(self, *a, **k):
@@ -335,7 +379,7 @@ def test_second_layer_benchmark_runs_end_to_end(tmp_path, capsys):
 
     def load(root, split):
         return (x, y) if split == "train" else (x[:20], y[:20])
-    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=2, pool_stride=1, precision="float32")
+    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pools=[(2, 1)], precision="float32")
     with pytest.raises(SystemExit):
         ap.parse_args(["--second-layer", "n_atom=8"])
     assert "not NAME=VALUE with NAME an SMT parameter: 'n_atom=8'" in capsys.readouterr().err
@@ -365,9 +409,10 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
     rng = np.random.default_rng(2)
     x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
     y = np.arange(60) % 3
-    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
+    ap = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, pools=[(3, 3)], precision="float32")
     ckpt = str(tmp_path / "c.npz")
-    union = _knn.build_model(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--checkpoint", ckpt]))
+    union = _knn.build_model(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--checkpoint", ckpt,
+                                            "--pool-size", "3", "--pool-stride", "3"]))
     assert isinstance(union, FeatureUnion)
     (_, colour), (name, gray) = union.transformer_list
     assert isinstance(colour, SMT) and isinstance(gray, GrayView) and name == "smt1_p3_t0.3_gray"
@@ -387,15 +432,15 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
 
     def load(root, split):
         return (x, y) if split == "train" else (x[:20], y[:20])
-    acc = _knn.run(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--json", str(tmp_path / "r.jsonl")]),
-                   load, "made-up", "-")
+    acc = _knn.run(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--pool-size", "3", "--pool-stride", "3",
+                                  "--json", str(tmp_path / "r.jsonl")]), load, "made-up", "-")
     assert 0 <= acc["top1"] <= 100
     row = json.loads((tmp_path / "r.jsonl").read_text())
     assert row["n_features_out"] == 2 * 3 * 3 * 4 and len(row["fit_stats"]) == 2
     assert "views ['color', 'gray']" in capsys.readouterr().out
 
 
-_HUB_MODEL = dict(n_atoms=16, n_components=4, dict_epochs=0, pool_size=3, pool_stride=3, precision="float32")
+_HUB_MODEL = dict(n_atoms=16, n_components=4, dict_epochs=0, precision="float32")
 
 
 def _hub_case(seed, n_train, n_test):
@@ -443,7 +488,7 @@ def test_hub_penalty_is_csls_with_the_validation_images_as_probes(capsys):
     own image and its mirror left out; BETA 0 is the plain protocol."""
     import _knn
     x, x_test, y, load = _hub_case(0, 60, 40)
-    opts = ["--patch-size", "3", "--flips", "--chunk-size", "25", "--knn-precision", "float32", "--k", "5"]
+    opts = ["--patch-size", "3", "--pool-size", "3", "--pool-stride", "3", "--flips", "--chunk-size", "25", "--knn-precision", "float32", "--k", "5"]
     ap = _knn.parser("", **_HUB_MODEL)
     plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
     assert _knn.run(ap.parse_args(opts + ["--hub-penalty", "0"]), load, "made-up", "-") == plain
@@ -464,7 +509,7 @@ def test_several_hub_penalties_choose_beta_k_and_temperature_on_the_validation_s
     other images and their mirrors; ties: smaller beta, k, larger T), computed here by hand."""
     import _knn
     x, x_test, y, load = _hub_case(1, 80, 30)
-    opts = ["--patch-size", "3", "--flips", "--chunk-size", "35", "--knn-precision", "float32", "--k", "5",
+    opts = ["--patch-size", "3", "--pool-size", "3", "--pool-stride", "3", "--flips", "--chunk-size", "35", "--knn-precision", "float32", "--k", "5",
             "--k-grid", "1", "3", "7", "--t-grid", "0.03", "0.3"]
     ap = _knn.parser("", **_HUB_MODEL)
     plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
