@@ -280,13 +280,18 @@ def member_settings(args):
 def _member_views(args):
     """(patch size, threshold, view) of each member: :func:`member_settings` and ``--view``, one
     value of which is shared by every member."""
-    if args.patch_size is None and args.threshold is None:
+    if not _members_named(args):
         pairs = [tuple(m) for m in args.default_members]
     else:
         pairs = _broadcast("--patch-size", args.patch_size or [args.default_members[0][0]],
                            "--threshold", args.threshold or [args.default_members[0][1]])
     views = args.view or ["color"]
     return [(p, t, v) for (p, t), v in _broadcast("members by --patch-size and --threshold", pairs, "--view", views)]
+
+
+def _members_named(args):
+    """Whether ``--patch-size`` or ``--threshold`` replaces the data set's default members."""
+    return args.patch_size is not None or args.threshold is not None
 
 
 def _broadcast(name_a, a, name_b, b):
@@ -309,8 +314,7 @@ def member_pools(args):
     members = _member_views(args)
     paper = (SMT().pool_size, SMT().pool_stride)
     if args.pool_size is None and args.pool_stride is None:
-        named = args.patch_size is not None or args.threshold is not None
-        pools = [paper] if named else args.default_pools
+        pools = [paper] if _members_named(args) else args.default_pools
     else:
         pools = _broadcast("--pool-size", args.pool_size or [paper[0]], "--pool-stride", args.pool_stride or [paper[1]])
     return [pool for _, pool in _broadcast("members", members, "--pool-size and --pool-stride", pools)]

@@ -281,8 +281,15 @@ def test_default_members_and_what_replaces_them():
                       HierarchicalSMT)
 
 
-def test_union_benchmark_runs_end_to_end(tmp_path, capsys):
-    """A two-member run on made-up images: the kNN sees the concatenated embedding."""
+@pytest.mark.parametrize("pooling, grids, printed", [
+    # patch grids 10x10 (patch 3) and 9x9 (patch 4), each pooled 3/3 to 3x3
+    (["--pool-size", "3", "--pool-stride", "3"], [(3, 3), (3, 3)], "pooling ['3/3', '3/3']"),
+    # one value per member: 10x10 pooled 3/3 to 3x3, 9x9 pooled 2/2 to 4x4
+    (["--pool-size", "3", "2", "--pool-stride", "3", "2"], [(3, 3), (4, 4)], "pooling ['3/3', '2/2']"),
+])
+def test_union_benchmark_runs_end_to_end(tmp_path, capsys, pooling, grids, printed):
+    """A two-member run on made-up images: the kNN sees the concatenated embedding, each member
+    pooled with its own ``--pool-size`` / ``--pool-stride`` value (or the shared one)."""
     import _knn
     rng = np.random.default_rng(0)
     x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
@@ -291,37 +298,17 @@ def test_union_benchmark_runs_end_to_end(tmp_path, capsys):
     def load(root, split):
         return (x, y) if split == "train" else (x[:20], y[:20])
     args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, precision="float32").parse_args(
-        ["--patch-size", "3", "4", "--threshold", "0.3", "0.25", "--pool-size", "3", "--pool-stride", "3",
-         "--json", str(tmp_path / "r.jsonl")])
+        ["--patch-size", "3", "4", "--threshold", "0.3", "0.25", *pooling, "--json", str(tmp_path / "r.jsonl")])
     acc = _knn.run(args, load, "made-up", "-")
     assert 0 <= acc["top1"] <= 100
     row = json.loads((tmp_path / "r.jsonl").read_text())
-    # patch grids 10x10 (patch 3) and 9x9 (patch 4), each pooled 3/3 to 3x3, of 4 components
-    assert row["n_features_out"] == 2 * 3 * 3 * 4 and len(row["fit_stats"]) == 2
-    assert "members: patch size, threshold [(3, 0.3), (4, 0.25)]" in capsys.readouterr().out
+    # of 4 components each
+    assert row["n_features_out"] == sum(h * w for h, w in grids) * 4 and len(row["fit_stats"]) == 2
+    out = capsys.readouterr().out
+    assert "members: patch size, threshold [(3, 0.3), (4, 0.25)]" in out and printed in out
 
 
-def test_each_member_has_its_own_pooling(tmp_path, capsys):
-    """``--pool-size 3 2 --pool-stride 3 2``: member i pools with the i-th values, and the kNN sees
-    both pooled grids side by side."""
-    import _knn
-    rng = np.random.default_rng(0)
-    x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
-    y = np.arange(60) % 3
-
-    def load(root, split):
-        return (x, y) if split == "train" else (x[:20], y[:20])
-    args = _knn.parser("", n_atoms=16, n_components=4, dict_epochs=0, precision="float32").parse_args(
-        ["--patch-size", "3", "4", "--threshold", "0.3", "0.25", "--pool-size", "3", "2", "--pool-stride", "3", "2",
-         "--json", str(tmp_path / "r.jsonl")])
-    _knn.run(args, load, "made-up", "-")
-    row = json.loads((tmp_path / "r.jsonl").read_text())
-    # patch grid 10x10 pooled 3/3 to 3x3, and 9x9 pooled 2/2 to 4x4, of 4 components each
-    assert row["n_features_out"] == (3 * 3 + 4 * 4) * 4
-    assert "pooling ['3/3', '2/2']" in capsys.readouterr().out
-
-
-def test_pooling_options_follow_the_members(monkeypatch):
+def test_pooling_options_follow_the_members(monkeypatch, capsys):
     """Default members keep their own pooling; members named on the command line take the paper's
     4/2 (old commands still mean what they meant); a value left out is the paper's; one value is
     shared; a count that fits neither is refused by name."""
@@ -339,8 +326,10 @@ def test_pooling_options_follow_the_members(monkeypatch):
     assert _knn.member_pools(three) == [(4, 2)] * 3
     with pytest.raises(SystemExit, match="--pool-size"):
         _knn.member_pools(wrong)
-    with pytest.raises(SystemExit):
-        knn_cifar.main(["--pool-stride", "0"])
+    for argv, option in ((["--pool-stride", "0"], "--pool-stride"), (["--pool-size", "seven"], "--pool-size")):
+        with pytest.raises(SystemExit):
+            knn_cifar.main(argv)
+        assert f"argument {option}" in capsys.readouterr().err
 
 
 def test_union_embeds_its_training_images_from_the_codes_of_its_fit(monkeypatch):
@@ -432,8 +421,8 @@ def test_a_gray_view_member_is_an_smt_of_the_luma_images(tmp_path, capsys):
 
     def load(root, split):
         return (x, y) if split == "train" else (x[:20], y[:20])
-    acc = _knn.run(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--pool-size", "3", "--pool-stride", "3",
-                                  "--json", str(tmp_path / "r.jsonl")]), load, "made-up", "-")
+    acc = _knn.run(ap.parse_args(["--patch-size", "3", "--view", "color", "gray", "--pool-size", "3",
+                                  "--pool-stride", "3", "--json", str(tmp_path / "r.jsonl")]), load, "made-up", "-")
     assert 0 <= acc["top1"] <= 100
     row = json.loads((tmp_path / "r.jsonl").read_text())
     assert row["n_features_out"] == 2 * 3 * 3 * 4 and len(row["fit_stats"]) == 2
@@ -488,7 +477,8 @@ def test_hub_penalty_is_csls_with_the_validation_images_as_probes(capsys):
     own image and its mirror left out; BETA 0 is the plain protocol."""
     import _knn
     x, x_test, y, load = _hub_case(0, 60, 40)
-    opts = ["--patch-size", "3", "--pool-size", "3", "--pool-stride", "3", "--flips", "--chunk-size", "25", "--knn-precision", "float32", "--k", "5"]
+    opts = ["--patch-size", "3", "--pool-size", "3", "--pool-stride", "3", "--flips", "--chunk-size", "25",
+            "--knn-precision", "float32", "--k", "5"]
     ap = _knn.parser("", **_HUB_MODEL)
     plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
     assert _knn.run(ap.parse_args(opts + ["--hub-penalty", "0"]), load, "made-up", "-") == plain
@@ -509,8 +499,8 @@ def test_several_hub_penalties_choose_beta_k_and_temperature_on_the_validation_s
     other images and their mirrors; ties: smaller beta, k, larger T), computed here by hand."""
     import _knn
     x, x_test, y, load = _hub_case(1, 80, 30)
-    opts = ["--patch-size", "3", "--pool-size", "3", "--pool-stride", "3", "--flips", "--chunk-size", "35", "--knn-precision", "float32", "--k", "5",
-            "--k-grid", "1", "3", "7", "--t-grid", "0.03", "0.3"]
+    opts = ["--patch-size", "3", "--pool-size", "3", "--pool-stride", "3", "--flips", "--chunk-size", "35",
+            "--knn-precision", "float32", "--k", "5", "--k-grid", "1", "3", "7", "--t-grid", "0.03", "0.3"]
     ap = _knn.parser("", **_HUB_MODEL)
     plain = _knn.run(ap.parse_args(opts), load, "made-up", "-")
     single = _knn.run(ap.parse_args(opts + ["--hub-penalty", "0.7"]), load, "made-up", "-")
