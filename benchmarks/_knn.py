@@ -326,6 +326,18 @@ def member_centrings(args):
     return [c for _, c in _broadcast("members", settings, "--center-patches", args.center_patches or [True])]
 
 
+def member_weights(args):
+    """Each member's weight in the union (``FeatureUnion``'s ``transformer_weights``), or None for
+    equal weights: one ``--member-weight`` value is shared by every member."""
+    if args.member_weight is None:
+        return None
+    settings = _member_views(args)
+    if len(settings) == 1:
+        raise SystemExit("--member-weight weighs the members of a union: give several --patch-size, --threshold "
+                         "or --view values")
+    return [w for _, w in _broadcast("members", settings, "--member-weight", args.member_weight)]
+
+
 def _centring(text):
     """argparse type of ``--center-patches``: a mode of :func:`smt.patches.extract_patches`."""
     if text.lower() in ("true", "false"):
@@ -359,11 +371,13 @@ def build_model(args):
     and view (so each member is the model its size alone fits, and ``--patch-size 6 6`` is two
     dictionaries of one size, seeds ``seed`` and ``seed + 1``: the control for two sizes; the
     centring does not enter the count, so ``--center-patches channel patch`` changes only the second
-    model's centring) and L2-normalises its output, so that every member weighs the same in the kNN's cosine.
-    A member's checkpoint is ``<checkpoint>.<i>``.
+    model's centring) and L2-normalises its output, so that every member weighs the same in the kNN's cosine
+    unless ``--member-weight`` gives member ``i`` the norm ``w_i`` (its cosine then counts
+    ``w_i^2 / sum w^2``). A member's checkpoint is ``<checkpoint>.<i>``.
     """
     params = smt_params(args)
     settings = _member_views(args)
+    weights = member_weights(args)  # refused before any fit where there is no union to weigh
     if args.second_layer is not None:
         if len(settings) > 1 or settings[0][2] != "color":
             raise SystemExit("--second-layer takes one first layer, of colour images: give one --patch-size, "
@@ -383,7 +397,8 @@ def build_model(args):
                      "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"})
         members.append((f"smt{i}_p{p}_t{t}" + ("_gray" if view == "gray" else ""),
                         GrayView(smt) if view == "gray" else smt))
-    return FeatureUnion(members)
+    return FeatureUnion(members, transformer_weights=None if weights is None else
+                        {name: w for (name, _), w in zip(members, weights)})
 
 
 def fit_transform_chunks(model, x, chunk):
@@ -392,8 +407,11 @@ def fit_transform_chunks(model, x, chunk):
     are put side by side (a union that fitted and then transformed would encode every patch twice)."""
     if isinstance(model, FeatureUnion):
         streams = [member.fit_transform_chunks(x, chunk_size=chunk) for _, member in model.transformer_list]
+        weights = model.transformer_weights or {}
+        names = [name for name, _ in model.transformer_list]
         for parts in zip(*streams):
-            yield np.hstack(parts)
+            yield np.hstack([part * np.float32(weights[name]) if name in weights else part
+                             for name, part in zip(names, parts)])
         return
     if isinstance(model, (SMT, GrayView)):
         yield from model.fit_transform_chunks(x, chunk_size=chunk)
@@ -476,6 +494,10 @@ def parser(doc, members=None, pools=None, rgb=True, **defaults):
                          "each default member); members named by --patch-size or --threshold: the paper's 4/2")
     ap.add_argument("--pool-stride", type=_at_least(int, 1), nargs="+", default=None,
                     help="average-pooling stride; several values: one per member, as --pool-size")
+    ap.add_argument("--member-weight", type=_at_least(float, 0, strict=True), nargs="+", default=None,
+                    metavar="W", help="the norm of each member's embedding in the union (default: 1 each, "
+                    "equal weights); member i's cosine counts W_i^2 / sum W^2 in the kNN "
+                    "(benchmarks/knn_member_weights.py chooses them on a validation split)")
     if rgb:
         ap.add_argument("--view", choices=["color", "gray"], nargs="+", default=None,
                         help="what each member sees: the images, or their gray copies (luma, one channel; a "
@@ -629,7 +651,8 @@ def run(args, load, name, paper):
     print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
           f"embedding {n_features}" + (f" (members: patch size, threshold {[(m.patch_size, m.threshold) for m in members]}"
                                        f", pooling {[f'{m.pool_size}/{m.pool_stride}' for m in members]}"
-                                       f"{', views ' + str(args.view) if args.view else ''})"
+                                       f"{', views ' + str(args.view) if args.view else ''}"
+                                       f"{', weights ' + str(member_weights(args)) if args.member_weight else ''})"
                                        if len(members) > 1 else ""))
     if isinstance(model, HierarchicalSMT):
         print(f"second layer on {model.map_shape_} maps: {model.second_.get_params()}")

@@ -547,3 +547,88 @@ def test_hub_penalty_refuses_a_negative_or_non_numeric_beta(capsys):
     with pytest.raises(SystemExit):
         _knn.parser("").parse_args(["--hub-penalty", "strong"])
     assert "not a number: 'strong'" in capsys.readouterr().err
+
+
+def test_member_weight_gives_each_member_its_norm_in_the_union(capsys):
+    """--member-weight W_i: member i's block of the training chunks and of the test embedding has norm
+    W_i (FeatureUnion's transformer_weights), so its cosine counts W_i^2 / sum W^2; one value is
+    shared, a wrong count, a single model or a weight <= 0 is refused by name."""
+    import _knn
+    x, _, _, _ = _hub_case(2, 30, 10)
+    ap = _knn.parser("", **_HUB_MODEL)
+    args = ap.parse_args(["--patch-size", "3", "4", "--pool-size", "3", "--pool-stride", "3",
+                          "--member-weight", "0.5", "2"])
+    union = _knn.build_model(args)
+    assert union.transformer_weights == {"smt0_p3_t0.3": 0.5, "smt1_p4_t0.3": 2.0}
+    train = np.vstack(list(_knn.fit_transform_chunks(union, x, 16)))
+    test = _knn.transform_chunks(union, x, 16)
+    width = union.transformer_list[0][1].n_features_out_
+    for z in (train, test):
+        np.testing.assert_allclose(np.linalg.norm(z[:, :width], axis=1), 0.5, rtol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(z[:, width:], axis=1), 2.0, rtol=1e-5)
+    np.testing.assert_allclose(train, test, rtol=1e-5, atol=1e-6)
+    assert _knn.member_weights(ap.parse_args(["--patch-size", "3", "4", "--member-weight", "3"])) == [3.0, 3.0]
+    assert _knn.build_model(ap.parse_args(["--patch-size", "3", "4"])).transformer_weights is None
+    with pytest.raises(SystemExit, match="must have one value or the same number"):
+        _knn.build_model(ap.parse_args(["--patch-size", "3", "4", "--member-weight", "1", "2", "3"]))
+    with pytest.raises(SystemExit, match="weighs the members of a union"):
+        _knn.build_model(ap.parse_args(["--patch-size", "3", "--member-weight", "2"]))
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--member-weight", "0"])
+    assert "--member-weight" in capsys.readouterr().err
+
+
+def test_weight_grid_is_the_simplex_and_every_subset_at_equal_shares():
+    import knn_member_weights as kmw
+    grid = kmw.weight_grid(3, 0.5)
+    # the simplex at step 0.5 (6 points, among them every pair at equal shares) and the three at 1/3 each
+    assert grid.shape == (7, 3)
+    np.testing.assert_allclose(grid.sum(1), 1)
+    rows = {tuple(np.round(r, 3)) for r in grid}
+    assert {(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5), (0.333, 0.333, 0.333)} == rows
+    assert len(kmw.weight_grid(2, 0.1)) == 11
+    with pytest.raises(SystemExit, match="1 / n"):
+        kmw.weight_grid(2, 0.3)
+
+
+def test_weighted_top1_is_the_knn_of_the_shares_weighted_cosine():
+    import knn_member_weights as kmw
+    rng = np.random.default_rng(3)
+    s1, s2 = rng.uniform(-1, 1, (2, 40, 90)).astype(np.float32)
+    labels, truth = rng.integers(0, 3, 90), rng.integers(0, 3, 40)
+    shares = np.array([[1.0, 0.0], [0.3, 0.7], [0.0, 1.0]])
+    got = kmw.weighted_top1([s1, s2], shares, labels, truth, k=7, temperature=0.05, row_chunk=13)
+    want = [_weighted_top1(a * s1 + b * s2, labels, truth, 7, 0.05) for a, b in shares]
+    np.testing.assert_allclose(got, want)
+    cols = np.arange(0, 90, 2)
+    got = kmw.weighted_top1([s1, s2], shares[1:2], labels[cols], truth, k=5, temperature=0.05, columns=cols)
+    assert got[0] == pytest.approx(_weighted_top1(0.3 * s1[:, cols] + 0.7 * s2[:, cols], labels[cols], truth, 5, 0.05))
+    # by hand: one query, two references; member 1 prefers reference 0 (class 0), member 2 reference 1 (class 1)
+    a, b = np.array([[0.9, 0.1]], np.float32), np.array([[0.0, 0.8]], np.float32)
+    one = kmw.weighted_top1([a, b], np.array([[0.7, 0.3], [0.3, 0.7]]), np.array([0, 1]), np.array([0]), 1, 0.03)
+    np.testing.assert_allclose(one, [100.0, 0.0])  # 0.63 > 0.31, then 0.27 < 0.59
+
+
+def test_member_weights_benchmark_matches_the_knn_benchmark(tmp_path, capsys):
+    """Every grid row is the benchmark's kNN of that weighting: equal shares give ``_knn.run``'s
+    top-1 of the union, the chosen row ``_knn.run`` with the printed ``--member-weight``, and the
+    choice is the best validation top-1."""
+    import _knn
+    import knn_member_weights as kmw
+    _, _, _, load = _hub_case(4, 70, 40)
+    opts = ["--patch-size", "3", "4", "--pool-size", "3", "--pool-stride", "3", "--flips", "--chunk-size", "30",
+            "--knn-precision", "float32", "--k", "5", "--n-atoms", "16", "--n-components", "4", "--precision", "float32"]
+    got = kmw.run(kmw.build_parser().parse_args(opts + ["--step", "0.25", "--sims", str(tmp_path / "sims"),
+                                                        "--json", str(tmp_path / "w.jsonl")]), load)
+    out = capsys.readouterr().out
+    grid, test, val = got["shares"], got["test_top1"], got["val_top1"]
+    assert len(grid) == 5 and sorted((tmp_path / "sims").iterdir())[0].name == "smt0_p3_t0.3.npy"
+    assert val[got["chosen"]] == val.max() and "<- chosen on validation" in out
+    even = int(np.flatnonzero(np.all(grid == 0.5, axis=1))[0])
+    ap = kmw.build_parser()
+    assert test[even] == _knn.run(ap.parse_args(opts), load, "made-up", "-")["top1"]
+    w = json.loads((tmp_path / "w.jsonl").read_text())["member_weight"]
+    weighted = _knn.run(ap.parse_args(opts + ["--member-weight", *map(str, w)]), load, "made-up", "-")
+    assert weighted["top1"] == test[got["chosen"]]
+    with pytest.raises(SystemExit, match="two or more members"):
+        kmw.run(ap.parse_args(["--patch-size", "3"]), load)
