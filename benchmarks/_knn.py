@@ -569,6 +569,30 @@ def resolve_precisions(args):
             "float32 (no bfloat16 matrix units: PyTorch would emulate bf16)"))
 
 
+def load_images(args, load):
+    """The training and test images the options ask for: the first ``--n-train`` / ``--n-test``,
+    the training images followed by their gray copies (``--grayscale-aug copies``) and mirrors
+    (``--flips``), copy ``j`` of image ``i`` at ``i + j * n_originals`` (as
+    :func:`validation_split` expects).
+
+    Returns
+    -------
+    x_train, y_train, x_test, y_test, n_originals
+        Images (n, H, W, C) and labels (n,); ``n_originals`` is the number of training images
+        before the copies.
+    """
+    x_train, y_train = load(args.data, "train")
+    x_test, y_test = load(args.data, "test")
+    x_train, y_train = x_train[:args.n_train], y_train[:args.n_train]
+    x_test, y_test = x_test[:args.n_test], y_test[:args.n_test]
+    n_originals = len(x_train)
+    if args.grayscale_aug == "copies":
+        x_train, y_train = add_gray_copies(x_train, y_train)
+    if args.flips:
+        x_train, y_train = add_mirrors(x_train, y_train)
+    return x_train, y_train, x_test, y_test, n_originals
+
+
 def run(args, load, name, paper):
     """Run the benchmark.
 
@@ -593,15 +617,7 @@ def run(args, load, name, paper):
         print(chosen)
     meter = StageMeter()
     with meter.stage("load"):
-        x_train, y_train = load(args.data, "train")
-        x_test, y_test = load(args.data, "test")
-        x_train, y_train = x_train[:args.n_train], y_train[:args.n_train]
-        x_test, y_test = x_test[:args.n_test], y_test[:args.n_test]
-        n_originals = len(x_train)
-        if args.grayscale_aug == "copies":
-            x_train, y_train = add_gray_copies(x_train, y_train)
-        if args.flips:
-            x_train, y_train = add_mirrors(x_train, y_train)
+        x_train, y_train, x_test, y_test, n_originals = load_images(args, load)
     model = build_model(args)
     chunk = args.chunk_size
     # The training embeddings stream through the kNN, never all in memory; they come from the codes

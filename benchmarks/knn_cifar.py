@@ -74,10 +74,14 @@ PAPER = {("cifar10", False): "81.1", ("cifar10", True): "83.2",
          ("cifar100", False): "53.2", ("cifar100", True): "57.0"}
 
 
+# The best CIFAR-10 settings measured (the module docstring); knn_member_weights.py shares them.
+DEFAULTS = dict(members=[(6, 0.3), (4, 0.45)], pools=[(7, 4), (5, 3)], n_atoms=8192, coding="threshold",
+                n_components=384, context="image", dict_epochs=0, n_skip=8, flips=True, precision="auto",
+                knn_precision="auto")
+
+
 def main(argv=None):
-    ap = _knn.parser(__doc__, members=[(6, 0.3), (4, 0.45)], pools=[(7, 4), (5, 3)], n_atoms=8192,
-                     coding="threshold", n_components=384, context="image", dict_epochs=0, n_skip=8, flips=True,
-                     precision="auto", knn_precision="auto")
+    ap = _knn.parser(__doc__, **DEFAULTS)
     ap.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
     ap.add_argument("--label-type", choices=["fine", "coarse"], default="fine", help="CIFAR-100 labels")
     args = ap.parse_args(argv)

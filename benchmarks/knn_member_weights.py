@@ -31,9 +31,9 @@ from sklearn.pipeline import FeatureUnion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _knn  # noqa: E402
+import knn_cifar  # noqa: E402
 from _measure import StageMeter  # noqa: E402
 
-from smt.augment import add_mirrors  # noqa: E402
 from smt.datasets import load_cifar10  # noqa: E402
 
 
@@ -95,11 +95,9 @@ def weighted_top1(sims, shares, labels, truth, k, temperature, columns=None, row
 
 def build_parser(**defaults):
     """``knn_cifar.py``'s options (its defaults, changed by ``defaults``) and this script's."""
-    cifar = dict(members=[(6, 0.3), (4, 0.45)], pools=[(7, 4), (5, 3)], n_atoms=8192, coding="threshold",
-                 n_components=384, context="image", dict_epochs=0, n_skip=8, flips=True, precision="auto",
-                 knn_precision="auto")
-    ap = _knn.parser(__doc__, **{**cifar, **defaults})
-    ap.add_argument("--step", type=_knn._at_least(float, 0, strict=True), default=0.1, help="grid step of the member shares a_m (default 0.1)")
+    ap = _knn.parser(__doc__, **{**knn_cifar.DEFAULTS, **defaults})
+    ap.add_argument("--step", type=_knn._at_least(float, 0, strict=True), default=0.1,
+                    help="grid step of the member shares a_m (default 0.1)")
     ap.add_argument("--sims", default=None,
                     help="folder for the cosine matrices, (test + validation queries) x train per member, "
                          "float32 (default: a temporary folder; 10,000 x 100,000 is 4 GB)")
@@ -133,13 +131,8 @@ def run(args, load):
     if args.member_weight is not None:
         raise SystemExit("--member-weight is what this script chooses: leave it out")
     meter = StageMeter()
-    x_train, y_train = load(args.data, "train")
-    x_test, y_test = load(args.data, "test")
-    x_train, y_train = x_train[:args.n_train], np.asarray(y_train[:args.n_train])
-    x_test, y_test = x_test[:args.n_test], np.asarray(y_test[:args.n_test])
-    n_originals = len(x_train)
-    if args.flips:
-        x_train, y_train = add_mirrors(x_train, y_train)
+    x_train, y_train, x_test, y_test, n_originals = _knn.load_images(args, load)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     probes, refs = _knn.validation_split(n_originals, len(x_train) // n_originals)
     chunk = args.chunk_size
     stream = _knn.fit_transform_chunks(model, x_train, chunk)
