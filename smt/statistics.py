@@ -38,6 +38,11 @@ _MIN_PRODUCT_ROWS = 4096
 # The compiled counts cost one pass over the (K, K) sum whatever the rows: below this many pairs
 # per entry of the sum, scipy's product is as fast.
 _MIN_KERNEL_PAIRS_PER_ENTRY = 0.125
+# The whole-image term subtracts s s^T for each image's code sum s: scipy's product of those sparse
+# rows (one thread, plus the scattered add of its result) costs 500 to 1000 times a dense float64
+# GEMM's multiply-add per pair on one core (benchmarks/RESULTS.md, "Speed", stop 36), so the dense
+# GEMM runs unless the pairs are fewer than this share of its B * K^2 multiply-adds.
+_SPARSE_OUTER_PAIRS_PER_ENTRY = 1 / 1024
 # Dense code blocks (the CUDA path) hold at most this many (row, atom) entries; int8 products of
 # coefficients within +-127 sum exactly in int32 over a block of fewer than 2**31 / 127**2 rows.
 _MAX_DENSE_BLOCK = 1 << 28
@@ -485,7 +490,7 @@ class ContextStatistics:
         k = self.n_atoms
         b = sums.shape[0]
         nnz = (sums != 0).sum(1)
-        if int((nnz * nnz).sum()) * 16 < b * k * k:  # sparse outer products beat the dense GEMM
+        if int((nnz * nnz).sum()) < _SPARSE_OUTER_PAIRS_PER_ENTRY * b * k * k:
             width = int(nnz.max())
             top = sums.abs().topk(max(width, 1), dim=1, sorted=False).indices
             vals = sums.gather(1, top)

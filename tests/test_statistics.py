@@ -177,6 +177,27 @@ def test_statistics_equal_brute_force_on_every_path(path, context, n_views, bina
             torch.testing.assert_close(stats.context_, mm, rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("share", [0.0, float("inf")])  # the dense GEMM always / the sparse product always
+@pytest.mark.parametrize("binary", [True, False])
+def test_whole_image_outer_products_equal_brute_force_on_both_paths(share, binary, monkeypatch):
+    """M's whole-image term subtracts s s^T per image by a dense GEMM or by the sparse product of the
+    image sums, whichever is cheaper: both give the brute-force M, exactly for binary codes."""
+    monkeypatch.setattr(smt.statistics, "_SPARSE_OUTER_PAIRS_PER_ENTRY", share)
+    gen = torch.Generator().manual_seed(9)
+    k, b, h, w = 500, 6, 3, 4
+    idx, val = _codes(b * h * w, k, 7, gen, binary=binary)
+    idx, val = idx.view(b, h, w, -1), val.view(b, h, w, -1)
+    nonempty = torch.rand(b, h, w, generator=gen) > 0.2
+    idx[~nonempty] = -1
+    val[~nonempty] = 0
+    stats = ContextStatistics(k, "image", 1).partial_fit(idx, val, nonempty)
+    g, mm = _brute_force(idx, val, nonempty, "image", 1, 1, k)
+    if binary:
+        assert torch.equal(stats.context_, mm)
+    else:
+        torch.testing.assert_close(stats.context_, mm, rtol=1e-12, atol=1e-9)
+
+
 @pytest.mark.parametrize("context", ["image", 2])
 def test_kernel_and_sparse_product_statistics_are_identical(context, monkeypatch):
     """Binary codes: the compiled counts and scipy's product give bit-identical statistics."""
