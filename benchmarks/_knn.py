@@ -615,6 +615,10 @@ def run(args, load, name, paper):
     chosen = resolve_precisions(args)
     if chosen:
         print(chosen)
+    # Before a fit that may take an hour: which members the options name (a --threshold list alone
+    # gives every member the first default patch size, not the default members' sizes).
+    print("members (patch size, threshold, view, pooling): " + "; ".join(
+        f"{p}, {t}, {v}, {size}/{stride}" for (p, t, v), (size, stride) in zip(_member_views(args), member_pools(args))))
     meter = StageMeter()
     with meter.stage("load"):
         x_train, y_train, x_test, y_test, n_originals = load_images(args, load)

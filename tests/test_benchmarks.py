@@ -294,15 +294,18 @@ def test_default_members_and_what_replaces_them():
                       HierarchicalSMT)
 
 
-@pytest.mark.parametrize("pooling, grids, printed", [
+@pytest.mark.parametrize("pooling, grids, printed, first", [
     # patch grids 10x10 (patch 3) and 9x9 (patch 4), each pooled 3/3 to 3x3
-    (["--pool-size", "3", "--pool-stride", "3"], [(3, 3), (3, 3)], "pooling ['3/3', '3/3']"),
+    (["--pool-size", "3", "--pool-stride", "3"], [(3, 3), (3, 3)], "pooling ['3/3', '3/3']",
+     "3, 0.3, color, 3/3; 4, 0.25, color, 3/3"),
     # one value per member: 10x10 pooled 3/3 to 3x3, 9x9 pooled 2/2 to 4x4
-    (["--pool-size", "3", "2", "--pool-stride", "3", "2"], [(3, 3), (4, 4)], "pooling ['3/3', '2/2']"),
+    (["--pool-size", "3", "2", "--pool-stride", "3", "2"], [(3, 3), (4, 4)], "pooling ['3/3', '2/2']",
+     "3, 0.3, color, 3/3; 4, 0.25, color, 2/2"),
 ])
-def test_union_benchmark_runs_end_to_end(tmp_path, capsys, pooling, grids, printed):
+def test_union_benchmark_runs_end_to_end(tmp_path, capsys, pooling, grids, printed, first):
     """A two-member run on made-up images: the kNN sees the concatenated embedding, each member
-    pooled with its own ``--pool-size`` / ``--pool-stride`` value (or the shared one)."""
+    pooled with its own ``--pool-size`` / ``--pool-stride`` value (or the shared one); the members
+    are stated before the fit, not only with the result."""
     import _knn
     rng = np.random.default_rng(0)
     x = (rng.random((60, 12, 12, 3)) * 255).astype(np.uint8)
@@ -319,6 +322,8 @@ def test_union_benchmark_runs_end_to_end(tmp_path, capsys, pooling, grids, print
     assert row["n_features_out"] == sum(h * w for h, w in grids) * 4 and len(row["fit_stats"]) == 2
     out = capsys.readouterr().out
     assert "members: patch size, threshold [(3, 0.3), (4, 0.25)]" in out and printed in out
+    stated = f"members (patch size, threshold, view, pooling): {first}\n"
+    assert stated in out and out.index(stated) < out.index("made-up kNN")
 
 
 def test_pooling_options_follow_the_members(monkeypatch, capsys):
