@@ -191,7 +191,7 @@ def test_whole_image_outer_products_equal_brute_force_on_both_paths(share, binar
     idx[~nonempty] = -1
     val[~nonempty] = 0
     stats = ContextStatistics(k, "image", 1).partial_fit(idx, val, nonempty)
-    g, mm = _brute_force(idx, val, nonempty, "image", 1, 1, k)
+    _, mm = _brute_force(idx, val, nonempty, "image", 1, 1, k)
     if binary:
         assert torch.equal(stats.context_, mm)
     else:
