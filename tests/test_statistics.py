@@ -29,6 +29,19 @@ def _codes(n, k, width, gen, binary=True, distinct=True):
     return idx, val
 
 
+def _code_maps(b, h, w, k, width, gen, binary=True, p_constant=0.2, first_full=False):
+    """(b, h, w, width) padded code maps in which a share ``p_constant`` of the patches is constant
+    (no code, not a node); ``first_full`` keeps every patch of image 0."""
+    idx, val = _codes(b * h * w, k, width, gen, binary=binary)
+    idx, val = idx.view(b, h, w, -1), val.view(b, h, w, -1)
+    nonempty = torch.rand(b, h, w, generator=gen) > p_constant
+    if first_full:
+        nonempty[0] = True
+    idx[~nonempty] = -1
+    val[~nonempty] = 0
+    return idx, val, nonempty
+
+
 def _dense(idx, val, k):
     out = torch.zeros(idx.shape[0], k + 1, dtype=torch.float64)
     out.scatter_add_(1, idx.where(idx >= 0, k), val.double() * (idx >= 0))
@@ -160,12 +173,8 @@ def _brute_force(idx, val, nonempty, context, order, n_views, k):
 def test_statistics_equal_brute_force_on_every_path(path, context, n_views, binary, monkeypatch):
     gen = torch.Generator().manual_seed(5)
     k, b, h, w = 300, 4, 4, 5
-    idx, val = _codes(b * h * w, k, 12, gen, binary=binary)
-    idx, val = idx.view(b, h, w, -1), val.view(b, h, w, -1)
-    nonempty = torch.rand(b, h, w, generator=gen) > 0.2  # some images with constant patches
-    nonempty[0] = True  # and one without
-    idx[~nonempty] = -1
-    val[~nonempty] = 0
+    # some images with constant patches, and one without
+    idx, val, nonempty = _code_maps(b, h, w, k, 12, gen, binary=binary, first_full=True)
     for order in (1, 2):
         stats = _statistics(monkeypatch, path, idx, val, nonempty, context, order, n_views, k)
         g, mm = _brute_force(idx, val, nonempty, context, order, n_views, k)
@@ -185,11 +194,7 @@ def test_whole_image_outer_products_equal_brute_force_on_both_paths(share, binar
     monkeypatch.setattr(smt.statistics, "_SPARSE_OUTER_PAIRS_PER_ENTRY", share)
     gen = torch.Generator().manual_seed(9)
     k, b, h, w = 500, 6, 3, 4
-    idx, val = _codes(b * h * w, k, 7, gen, binary=binary)
-    idx, val = idx.view(b, h, w, -1), val.view(b, h, w, -1)
-    nonempty = torch.rand(b, h, w, generator=gen) > 0.2
-    idx[~nonempty] = -1
-    val[~nonempty] = 0
+    idx, val, nonempty = _code_maps(b, h, w, k, 7, gen, binary=binary)
     stats = ContextStatistics(k, "image", 1).partial_fit(idx, val, nonempty)
     _, mm = _brute_force(idx, val, nonempty, "image", 1, 1, k)
     if binary:
@@ -240,12 +245,7 @@ def test_weighted_gray_view_equals_the_weighted_graph_by_brute_force(u, kernel_a
         pytest.skip("numba not installed (the 'fast' extra)")
     gen = torch.Generator().manual_seed(8)
     k, scenes, h, w = 40, 3, 3, 4
-    idx, val = _codes(2 * scenes * h * w, k, 6, gen)
-    idx, val = idx.view(2 * scenes, h, w, -1), val.view(2 * scenes, h, w, -1)
-    nonempty = torch.rand(2 * scenes, h, w, generator=gen) > 0.25
-    nonempty[0] = True
-    idx[~nonempty] = -1
-    val[~nonempty] = 0
+    idx, val, nonempty = _code_maps(2 * scenes, h, w, k, 6, gen, p_constant=0.25, first_full=True)
     stats = ContextStatistics(k, "image", 1, view_weight=u).partial_fit(idx, val, nonempty, n_views=2)
     codes = _dense(idx.reshape(-1, idx.shape[-1]), val.reshape(-1, idx.shape[-1]), k).reshape(2, scenes, h * w, k)
     alive = nonempty.reshape(2, scenes, h * w).double()
