@@ -27,7 +27,8 @@ from smt.patches import CENTERINGS  # noqa: E402
 # SMT parameters the benchmark sets itself, or offers under another name
 _OWN = {"random_state": "--seed", "checkpoint_path": "--checkpoint", "grayscale_augmentation": "--grayscale-aug",
         "verbose": None, "patch_size": "--patch-size", "threshold": "--threshold",
-        "center_patches": "--center-patches", "pool_size": "--pool-size", "pool_stride": "--pool-stride"}
+        "center_patches": "--center-patches", "pool_size": "--pool-size", "pool_stride": "--pool-stride",
+        "pool_sigma": "--pool-sigma"}
 _HELP = {
     "context": "'image' or a radius in patches",
     "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32; auto: bf16 where the "
@@ -237,6 +238,11 @@ def _at_least(kind, low, strict=False):
     return parse
 
 
+def _sigma(text):
+    """argparse type of ``--pool-sigma``: a width above 0, or none (the box)."""
+    return None if text.lower() == "none" else _at_least(float, 0, strict=True)(text)
+
+
 def _value(text):
     """A command-line value for a parameter whose default gives no type (None, or int | str), or
     for ``--second-layer NAME=VALUE`` (also true / false)."""
@@ -320,6 +326,18 @@ def member_pools(args):
     return [pool for _, pool in _broadcast("members", members, "--pool-size and --pool-stride", pools)]
 
 
+def member_sigmas(args):
+    """Each member's ``pool_sigma`` (None: the box): one ``--pool-sigma`` value is shared by every
+    member, several give one per member."""
+    settings = _member_views(args)
+    return [s for _, s in _broadcast("members", settings, "--pool-sigma", args.pool_sigma or [None])]
+
+
+def _pooling(size, stride, sigma):
+    """A member's pooling as the tables name it: 7/4 (the box) or 7/4 sigma 3."""
+    return f"{size}/{stride}" + ("" if sigma is None else f" sigma {sigma:g}")
+
+
 def member_centrings(args):
     """Each member's ``center_patches``: one ``--center-patches`` value is shared by every member."""
     settings = _member_views(args)
@@ -354,7 +372,7 @@ def smt_params(args):
     patch_size, threshold = member_settings(args)[0]
     pool_size, pool_stride = member_pools(args)[0]
     return {**params, "patch_size": patch_size, "threshold": threshold, "center_patches": member_centrings(args)[0],
-            "pool_size": pool_size, "pool_stride": pool_stride,
+            "pool_size": pool_size, "pool_stride": pool_stride, "pool_sigma": member_sigmas(args)[0],
             "random_state": args.seed,
             "checkpoint_path": args.checkpoint, "verbose": True,
             "grayscale_augmentation": None if args.grayscale_aug == "copies" else args.grayscale_aug}
@@ -390,9 +408,10 @@ def build_model(args):
     ckpt = params.pop("checkpoint_path")
     members = []
     pools = member_pools(args)
-    for i, ((p, t, view), centring, (size, stride)) in enumerate(zip(settings, member_centrings(args), pools)):
+    for i, ((p, t, view), centring, (size, stride), sigma) in enumerate(
+            zip(settings, member_centrings(args), pools, member_sigmas(args))):
         smt = SMT(**{**params, "patch_size": p, "threshold": t, "center_patches": centring, "normalize_output": True,
-                     "pool_size": size, "pool_stride": stride,
+                     "pool_size": size, "pool_stride": stride, "pool_sigma": sigma,
                      "random_state": args.seed + settings[:i].count((p, t, view)),
                      "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"})
         members.append((f"smt{i}_p{p}_t{t}" + ("_gray" if view == "gray" else ""),
@@ -494,6 +513,10 @@ def parser(doc, members=None, pools=None, rgb=True, **defaults):
                          "each default member); members named by --patch-size or --threshold: the paper's 4/2")
     ap.add_argument("--pool-stride", type=_at_least(int, 1), nargs="+", default=None,
                     help="average-pooling stride; several values: one per member, as --pool-size")
+    ap.add_argument("--pool-sigma", type=_sigma, nargs="+", default=None,
+                    help="weight each pooling window's patches by a Gaussian of this width in patch positions "
+                         "(SMT's pool_sigma); none: the box, the paper's (default); several values: one per "
+                         "member, as --pool-size")
     ap.add_argument("--member-weight", type=_at_least(float, 0, strict=True), nargs="+", default=None,
                     metavar="W", help="the norm of each member's embedding in the union (default: 1 each, "
                     "equal weights); member i's cosine counts W_i^2 / sum W^2 in the kNN "
@@ -618,7 +641,8 @@ def run(args, load, name, paper):
     # Before a fit that may take an hour: which members the options name (a --threshold list alone
     # gives every member the first default patch size, not the default members' sizes).
     print("members (patch size, threshold, view, pooling): " + "; ".join(
-        f"{p}, {t}, {v}, {size}/{stride}" for (p, t, v), (size, stride) in zip(_member_views(args), member_pools(args))))
+        f"{p}, {t}, {v}, {_pooling(size, stride, sigma)}" for (p, t, v), (size, stride), sigma in
+        zip(_member_views(args), member_pools(args), member_sigmas(args))))
     meter = StageMeter()
     with meter.stage("load"):
         x_train, y_train, x_test, y_test, n_originals = load_images(args, load)
@@ -670,7 +694,7 @@ def run(args, load, name, paper):
         sum(int(m.n_features_out_) for m in members)
     print(f"\n{name} kNN (k={args.k}, T={args.temperature}), {fitted_on}, test {len(x_test)}, "
           f"embedding {n_features}" + (f" (members: patch size, threshold {[(m.patch_size, m.threshold) for m in members]}"
-                                       f", pooling {[f'{m.pool_size}/{m.pool_stride}' for m in members]}"
+                                       f", pooling {[_pooling(m.pool_size, m.pool_stride, m.pool_sigma) for m in members]}"
                                        f"{', views ' + str(args.view) if args.view else ''}"
                                        f"{', weights ' + str(member_weights(args)) if args.member_weight else ''})"
                                        if len(members) > 1 else ""))

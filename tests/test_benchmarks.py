@@ -326,6 +326,24 @@ def test_union_benchmark_runs_end_to_end(tmp_path, capsys, pooling, grids, print
     assert stated in out and out.index(stated) < out.index("made-up kNN")
 
 
+def test_pool_sigma_option_gives_each_member_its_window(monkeypatch):
+    """--pool-sigma: one value shared, one per member (none: the box), the box by default; a count
+    that fits neither is refused by name."""
+    import _knn
+    import knn_cifar
+    seen = []
+    monkeypatch.setattr(_knn, "run", lambda args, *rest: seen.append(args))
+    for argv in ([], ["--pool-sigma", "3"], ["--pool-sigma", "3", "none"], ["--patch-size", "6", "--pool-sigma", "2.5"],
+                 ["--pool-sigma", "1", "2", "3"]):
+        knn_cifar.main(argv)
+    default, shared, each, single, wrong = seen
+    sigmas = [[m.pool_sigma for _, m in _knn.build_model(a).transformer_list] for a in (default, shared, each)]
+    assert sigmas == [[None, None], [3.0, 3.0], [3.0, None]]
+    assert _knn.build_model(single).pool_sigma == 2.5
+    with pytest.raises(SystemExit, match="--pool-sigma"):
+        _knn.build_model(wrong)
+
+
 def test_pooling_options_follow_the_members(monkeypatch, capsys):
     """Default members keep their own pooling; members named on the command line take the paper's
     4/2 (old commands still mean what they meant); a value left out is the paper's; one value is
@@ -344,7 +362,8 @@ def test_pooling_options_follow_the_members(monkeypatch, capsys):
     assert _knn.member_pools(three) == [(4, 2)] * 3
     with pytest.raises(SystemExit, match="--pool-size"):
         _knn.member_pools(wrong)
-    for argv, option in ((["--pool-stride", "0"], "--pool-stride"), (["--pool-size", "seven"], "--pool-size")):
+    for argv, option in ((["--pool-stride", "0"], "--pool-stride"), (["--pool-size", "seven"], "--pool-size"),
+                         (["--pool-sigma", "0"], "--pool-sigma"), (["--pool-sigma", "wide"], "--pool-sigma")):
         with pytest.raises(SystemExit):
             knn_cifar.main(argv)
         assert f"argument {option}" in capsys.readouterr().err

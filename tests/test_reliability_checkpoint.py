@@ -104,7 +104,7 @@ def _forbid_statistics(monkeypatch):
 
 
 @pytest.mark.parametrize("param", [dict(n_components=4), dict(n_skip=3), dict(pool_size=2, pool_stride=2),
-                                   dict(normalize_output=True)])
+                                   dict(pool_sigma=1.5), dict(normalize_output=True)])
 def test_transform_parameters_reuse_the_statistics(X, done, param, monkeypatch):
     # One statistics pass serves every d, n_skip and pooling: the finished checkpoint is resumed,
     # no image is coded again, and the model is the one a fresh fit with these settings makes.

@@ -22,7 +22,7 @@ SMT_BAD = {
     "code_values": (1, "weights"), "image_context_weight": ("0.1", -0.5), "precision": (32, "float16"), "n_components": (6.0, 0), "n_skip": (None, -1), "context": (1.5, 0),
     "order": ("1", 3), "whiten_eps": (None, 0.0), "dict_epochs": (1.0, -1), "dict_batch_size": ("512", 0),
     "dict_lr": ("0.1", -0.1), "dict_max_patches": (1e3, 0), "max_coherence": ("0.35", 1.0),
-    "front_end_images": (1e4, 0), "pool_size": (2.5, 0), "pool_stride": (None, 0),
+    "front_end_images": (1e4, 0), "pool_size": (2.5, 0), "pool_stride": (None, 0), "pool_sigma": ("3", 0.0),
     "grayscale_augmentation": (True, "both"), "gray_weight": ("0.5", 0.0), "normalize_output": ("yes", None), "batch_size": (128.0, 0),
     "device": (7, "gpu"), "random_state": ("0", -1), "verbose": ("yes", -1), "checkpoint_path": (5, None),
     "checkpoint_every": (1.5, 0), "keep_statistics": ("no", None),

@@ -193,6 +193,25 @@ def test_save_load_round_trip(fitted, digits, tmp_path):
         assert "components_" in f.files
 
 
+def test_gaussian_pool_window_is_read_at_transform_and_saved(fitted, digits, tmp_path):
+    # pool_sigma weighs each window's patches (centre first) without a refit: the width and the
+    # unit pooled locations stay, a very wide Gaussian is the paper's box, the same seed gives the
+    # same embedding, and a saved model keeps its window.
+    import copy
+    X, _ = digits
+    model = copy.deepcopy(fitted)
+    box = model.transform(X[:20])
+    z = model.set_params(pool_sigma=1.0).transform(X[:20])
+    assert z.shape == box.shape and not np.allclose(z, box, atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(z.reshape(20, 6, 16), axis=1), 1, rtol=1e-4)
+    np.testing.assert_allclose(model.set_params(pool_sigma=1e6).transform(X[:20]), box, atol=1e-6)
+    fresh = small_smt(pool_sigma=1.0).fit(X[:600])
+    assert np.array_equal(fresh.transform(X[:20]), z)
+    fresh.save(tmp_path / "g.npz")
+    loaded = SMT.load(tmp_path / "g.npz")
+    assert loaded.pool_sigma == 1.0 and np.array_equal(loaded.transform(X[:20]), z)
+
+
 @pytest.mark.parametrize("front", [150, 1000])  # front end frozen after the first chunk / still open
 def test_partial_fit_goes_on_from_a_model_saved_with_its_stream(digits, tmp_path, front):
     X, _ = digits

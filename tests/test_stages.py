@@ -6,8 +6,9 @@ import torch
 
 from smt.coding import sparse_code
 from smt.dictionary import OnlineDictionary, incoherent_atoms
+from smt._norm import l2_normalize
 from smt.patches import extract_patches, patch_grid_shape
-from smt.pooling import pool_embeddings
+from smt.pooling import pool_embeddings, pool_window
 from smt.spectral import solve_embedding
 from smt.statistics import ContextStatistics
 from smt.whitening import Whitening
@@ -354,6 +355,34 @@ def test_pooling_by_hand():
     torch.testing.assert_close(z[0, :, 0, 0], torch.tensor([1.0, 1 / 8]) / np.hypot(1.0, 1 / 8))
     torch.testing.assert_close(z.norm(dim=1), torch.ones(1, 2, 2))
     assert pool_embeddings(torch.zeros(2, 3, 23, 23)).shape == (2, 3 * 10 * 10)
+
+
+def test_gaussian_pooling_by_hand():
+    # 3x3 window, sigma 1: the centre weighs 1, an edge exp(-1/2), a corner exp(-1), over their sum.
+    e1, e2 = np.exp(-0.5), np.exp(-1.0)
+    total = 1 + 4 * e1 + 4 * e2
+    torch.testing.assert_close(pool_window(3, 1.0, torch.float64),
+                               torch.tensor([[e2, e1, e2], [e1, 1, e1], [e2, e1, e2]], dtype=torch.float64) / total)
+    beta = torch.zeros(1, 2, 3, 4)
+    beta[0, 0, 1, 1] = 1.0    # the first window's centre
+    beta[0, 1, 0, 0] = 1.0    # its corner; the second window (columns 1-3) holds it nowhere
+    z = pool_embeddings(beta, 3, 1, pool_sigma=1.0).view(1, 2, 1, 2)
+    torch.testing.assert_close(z[0, :, 0, 0], torch.tensor([1.0, e2], dtype=torch.float32) / float(np.hypot(1.0, e2)))
+    torch.testing.assert_close(z[0, :, 0, 1], torch.tensor([1.0, 0.0]))  # the centre is its left edge
+    assert pool_embeddings(torch.zeros(2, 3, 23, 23), pool_sigma=2.0).shape == (2, 3 * 10 * 10)
+
+
+def test_gaussian_pooling_limits():
+    # A very wide Gaussian is the box; a very narrow one keeps the centre (the middle 2x2 of an
+    # even window, equally), never 0 / 0.
+    beta = torch.randn(2, 5, 9, 9, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(pool_embeddings(beta, 4, 2, pool_sigma=1e6), pool_embeddings(beta, 4, 2))
+    torch.testing.assert_close(pool_embeddings(beta, 3, 3, pool_sigma=1e-3),
+                               l2_normalize(beta[:, :, 1::3, 1::3], dim=1).flatten(1))
+    middle = torch.zeros(4, 4)
+    middle[1:3, 1:3] = 0.25
+    torch.testing.assert_close(pool_window(4, 1e-3), middle)
+    torch.testing.assert_close(pool_window(5, 1e-300).sum(), torch.tensor(1.0))
 
 
 def test_torch_solver_matches_scipy(monkeypatch):
