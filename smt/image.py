@@ -145,8 +145,8 @@ class SMT(TransformerMixin, BaseEstimator):
         centre (:func:`smt.pooling.pool_window`). Read at transform only: a checkpoint or a fitted
         model serves every value. Measured on CIFAR-10 (K 8192, 50k images + mirrors), it ties
         the box: sigma 3 on the paper's 6x6 model pooled 7/4 gave +0.04 and +0.38 for seeds 0
-        and 1 (top-1 only), and on the two-model union -0.07 (with the 4x4 member's 5/3 window
-        box or sigma 2); narrower windows lost at 10k images.
+        and 1 (top-1 only), and on the two-model union -0.03 over two seeds (with the 4x4
+        member's 5/3 window box or sigma 2); narrower windows lost at 10k images.
     grayscale_augmentation : {None, "paired", "independent", "context"}, default=None
         RGB only. Fit on every training image and its gray copy (ITU-R 601 luma, replicated to
         3 channels): ``"paired"`` makes the two one context, so the objective learns colour

@@ -1,4 +1,5 @@
 """The SMT estimator as a user sees it: shapes, determinism, accuracy, sklearn integration, state."""
+import copy
 import warnings
 
 import numpy as np
@@ -197,7 +198,6 @@ def test_gaussian_pool_window_is_read_at_transform_and_saved(fitted, digits, tmp
     # pool_sigma weighs each window's patches (centre first) without a refit: the width and the
     # unit pooled locations stay, a very wide Gaussian is the paper's box, the same seed gives the
     # same embedding, and a saved model keeps its window.
-    import copy
     X, _ = digits
     model = copy.deepcopy(fitted)
     box = model.transform(X[:20])
