@@ -377,6 +377,8 @@ def test_gaussian_pooling_limits():
     # even window, equally), never 0 / 0.
     beta = torch.randn(2, 5, 9, 9, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(pool_embeddings(beta, 4, 2, pool_sigma=1e6), pool_embeddings(beta, 4, 2))
+    torch.testing.assert_close(pool_window(4, 1e6), pool_window(4))
+    torch.testing.assert_close(pool_window(4), torch.full((4, 4), 1 / 16))
     torch.testing.assert_close(pool_embeddings(beta, 3, 3, pool_sigma=1e-3),
                                l2_normalize(beta[:, :, 1::3, 1::3], dim=1).flatten(1))
     middle = torch.zeros(4, 4)
