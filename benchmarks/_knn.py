@@ -28,7 +28,7 @@ from smt.patches import CENTERINGS  # noqa: E402
 _OWN = {"random_state": "--seed", "checkpoint_path": "--checkpoint", "grayscale_augmentation": "--grayscale-aug",
         "verbose": None, "patch_size": "--patch-size", "threshold": "--threshold",
         "center_patches": "--center-patches", "pool_size": "--pool-size", "pool_stride": "--pool-stride",
-        "pool_sigma": "--pool-sigma"}
+        "pool_sigma": "--pool-sigma", "n_atoms": "--n-atoms"}
 _HELP = {
     "context": "'image' or a radius in patches",
     "precision": "of the encode GEMM (bf16: similarities in bfloat16, compared in float32; auto: bf16 where the "
@@ -338,6 +338,12 @@ def _pooling(size, stride, sigma):
     return f"{size}/{stride}" + ("" if sigma is None else f" sigma {sigma:g}")
 
 
+def member_atoms(args):
+    """Each member's dictionary size ``n_atoms``: one ``--n-atoms`` value is shared by every member,
+    several give one per member."""
+    return [k for _, k in _broadcast("members", _member_views(args), "--n-atoms", args.n_atoms)]
+
+
 def member_centrings(args):
     """Each member's ``center_patches``: one ``--center-patches`` value is shared by every member."""
     settings = _member_views(args)
@@ -371,7 +377,8 @@ def smt_params(args):
     params = {name: getattr(args, name) for name in SMT().get_params() if name not in _OWN}
     patch_size, threshold = member_settings(args)[0]
     pool_size, pool_stride = member_pools(args)[0]
-    return {**params, "patch_size": patch_size, "threshold": threshold, "center_patches": member_centrings(args)[0],
+    return {**params, "patch_size": patch_size, "threshold": threshold, "n_atoms": member_atoms(args)[0],
+            "center_patches": member_centrings(args)[0],
             "pool_size": pool_size, "pool_stride": pool_stride, "pool_sigma": member_sigmas(args)[0],
             "random_state": args.seed,
             "checkpoint_path": args.checkpoint, "verbose": True,
@@ -408,9 +415,10 @@ def build_model(args):
     ckpt = params.pop("checkpoint_path")
     members = []
     pools = member_pools(args)
-    for i, ((p, t, view), centring, (size, stride), sigma) in enumerate(
-            zip(settings, member_centrings(args), pools, member_sigmas(args))):
-        smt = SMT(**{**params, "patch_size": p, "threshold": t, "center_patches": centring, "normalize_output": True,
+    for i, ((p, t, view), k, centring, (size, stride), sigma) in enumerate(
+            zip(settings, member_atoms(args), member_centrings(args), pools, member_sigmas(args))):
+        smt = SMT(**{**params, "patch_size": p, "threshold": t, "n_atoms": k, "center_patches": centring,
+                     "normalize_output": True,
                      "pool_size": size, "pool_stride": stride, "pool_sigma": sigma,
                      "random_state": args.seed + settings[:i].count((p, t, view)),
                      "checkpoint_path": None if ckpt is None else f"{ckpt}.{i}"})
@@ -500,6 +508,9 @@ def parser(doc, members=None, pools=None, rgb=True, **defaults):
     ap.add_argument("--threshold", type=_at_least(float, 0), nargs="+", default=None,
                     help="coding threshold (the cosine an atom must reach); several values: one per member, "
                          "as --patch-size")
+    ap.add_argument("--n-atoms", type=_at_least(int, 1), nargs="+", default=[SMT().n_atoms],
+                    help="dictionary size K; several values: one per member, as --patch-size (a larger K at "
+                         "the same code density needs a higher --threshold)")
     ap.add_argument("--center-patches", type=_centring, nargs="+", default=None, metavar="MODE",
                     help="what is subtracted from each patch (SMT's center_patches): channel (its mean per "
                          "channel, the paper's; default), patch (its mean over all channels: keeps colour), "
@@ -572,6 +583,8 @@ def parser(doc, members=None, pools=None, rgb=True, **defaults):
     ap.add_argument("--k-grid", type=_at_least(int, 1), nargs="+", default=[10, 20, 30, 50, 100, 200, 400, 800])
     ap.add_argument("--t-grid", type=_at_least(float, 0, strict=True), nargs="+",
                     default=[0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2])
+    if isinstance(defaults.get("n_atoms"), int):
+        defaults["n_atoms"] = [defaults["n_atoms"]]
     ap.set_defaults(**defaults)
     return ap
 
@@ -640,9 +653,9 @@ def run(args, load, name, paper):
         print(chosen)
     # Before a fit that may take an hour: which members the options name (a --threshold list alone
     # gives every member the first default patch size, not the default members' sizes).
-    print("members (patch size, threshold, view, pooling): " + "; ".join(
-        f"{p}, {t}, {v}, {_pooling(size, stride, sigma)}" for (p, t, v), (size, stride), sigma in
-        zip(_member_views(args), member_pools(args), member_sigmas(args))))
+    print("members (patch size, threshold, view, pooling, K): " + "; ".join(
+        f"{p}, {t}, {v}, {_pooling(size, stride, sigma)}, {k}" for (p, t, v), (size, stride), sigma, k in
+        zip(_member_views(args), member_pools(args), member_sigmas(args), member_atoms(args))))
     meter = StageMeter()
     with meter.stage("load"):
         x_train, y_train, x_test, y_test, n_originals = load_images(args, load)

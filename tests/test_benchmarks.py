@@ -139,7 +139,9 @@ def test_knn_benchmark_defaults_are_the_best_measured_settings(monkeypatch):
     assert [(m.pool_size, m.pool_stride) for _, m in _knn.build_model(cifar).transformer_list] == [(7, 4), (5, 3)]
     assert (_knn.build_model(mnist).pool_size, _knn.build_model(mnist).pool_stride) == (4, 2)
     assert (cifar.n_atoms, cifar.n_components, cifar.flips, cifar.precision, cifar.knn_precision) == \
-        (8192, 384, True, "auto", "auto")
+        ([8192], 384, True, "auto", "auto")
+    assert [m.n_atoms for _, m in _knn.build_model(cifar).transformer_list] == [8192, 8192]
+    assert _knn.build_model(mnist).n_atoms == 4096
     assert not strict.flips
     assert _knn.member_settings(mnist)[0][0] == 7 and mnist.whiten_eps == 0.1
 
@@ -297,10 +299,10 @@ def test_default_members_and_what_replaces_them():
 @pytest.mark.parametrize("pooling, grids, printed, first", [
     # patch grids 10x10 (patch 3) and 9x9 (patch 4), each pooled 3/3 to 3x3
     (["--pool-size", "3", "--pool-stride", "3"], [(3, 3), (3, 3)], "pooling ['3/3', '3/3']",
-     "3, 0.3, color, 3/3; 4, 0.25, color, 3/3"),
+     "3, 0.3, color, 3/3, 16; 4, 0.25, color, 3/3, 16"),
     # one value per member: 10x10 pooled 3/3 to 3x3, 9x9 pooled 2/2 to 4x4
     (["--pool-size", "3", "2", "--pool-stride", "3", "2"], [(3, 3), (4, 4)], "pooling ['3/3', '2/2']",
-     "3, 0.3, color, 3/3; 4, 0.25, color, 2/2"),
+     "3, 0.3, color, 3/3, 16; 4, 0.25, color, 2/2, 16"),
 ])
 def test_union_benchmark_runs_end_to_end(tmp_path, capsys, pooling, grids, printed, first):
     """A two-member run on made-up images: the kNN sees the concatenated embedding, each member
@@ -322,7 +324,7 @@ def test_union_benchmark_runs_end_to_end(tmp_path, capsys, pooling, grids, print
     assert row["n_features_out"] == sum(h * w for h, w in grids) * 4 and len(row["fit_stats"]) == 2
     out = capsys.readouterr().out
     assert "members: patch size, threshold [(3, 0.3), (4, 0.25)]" in out and printed in out
-    stated = f"members (patch size, threshold, view, pooling): {first}\n"
+    stated = f"members (patch size, threshold, view, pooling, K): {first}\n"
     assert stated in out and out.index(stated) < out.index("made-up kNN")
 
 
@@ -342,6 +344,28 @@ def test_pool_sigma_option_gives_each_member_its_window(monkeypatch):
     assert _knn.build_model(single).pool_sigma == 2.5
     with pytest.raises(SystemExit, match="--pool-sigma"):
         _knn.build_model(wrong)
+
+
+def test_n_atoms_option_gives_each_member_its_dictionary_size(monkeypatch, capsys):
+    """--n-atoms: one value shared by every member, one per member (a K 16384 member beside a K 8192
+    one), and a count that fits neither or a size below 1 refused by name."""
+    import _knn
+    import knn_cifar
+    seen = []
+    monkeypatch.setattr(_knn, "run", lambda args, *rest: seen.append(args))
+    for argv in (["--n-atoms", "4096"], ["--n-atoms", "16384", "8192"], ["--patch-size", "6", "--n-atoms", "16384"],
+                 ["--n-atoms", "1024", "2048", "4096"]):
+        knn_cifar.main(argv)
+    shared, each, single, wrong = seen
+    assert [m.n_atoms for _, m in _knn.build_model(shared).transformer_list] == [4096, 4096]
+    members = _knn.build_model(each).transformer_list
+    assert [(m.patch_size, m.threshold, m.n_atoms) for _, m in members] == [(6, 0.3, 16384), (4, 0.45, 8192)]
+    assert _knn.build_model(single).n_atoms == 16384 and _knn.smt_params(single)["n_atoms"] == 16384
+    with pytest.raises(SystemExit, match="--n-atoms"):
+        _knn.build_model(wrong)
+    with pytest.raises(SystemExit):
+        knn_cifar.main(["--n-atoms", "0"])
+    assert "argument --n-atoms: 0 is not at least 1" in capsys.readouterr().err
 
 
 def test_pooling_options_follow_the_members(monkeypatch, capsys):
